@@ -11,14 +11,15 @@ Launch (after `tfds build glue/rte --file_format=array_record`, once per task):
         --workdir runs/glue_rte --config.student_path=runs/distill/hf_student
 
 Arguments after the colon: task=NAME (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte);
-``smoke`` shrinks it to a CPU run of seconds on TFDS mock data with a tiny random student of
+``smoke`` shrinks it to a CPU run of under a minute on TFDS mock data with a tiny random student of
 ``family=bert|roberta|xlm-roberta`` written into the workdir (the tests run that).
 
 Grid: learning rates (3e-5, 6e-5, 1e-4) (small students want more than the 1e-5..4e-5 of
 base models), 3 or 5 epochs for the large tasks (MNLI, QQP, QNLI, SST-2) and 5 or 10 for the
 small ones, 3 seeds: 18 runs. Override with e.g. ``--config.sweep.learning_rates='(5e-5,)'``.
-Hardware/runtime: a 6x384 student on one H100 does an SST-2 epoch (67k examples, length 128)
-in about a minute; MNLI (393k) in about five.
+Hardware/runtime: sized for one accelerator or a pod slice (batch 32, length 128); the
+full-size runtime has not been measured yet. The smoke run takes well under a minute on a
+2-core CPU, most of it compiling.
 """
 
 import ml_collections

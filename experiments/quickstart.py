@@ -46,12 +46,12 @@ def get_config(arg=None):
     c.batch_size = 32
     c.eval_batch_size = 32
     c.data.max_eval_batches = 8
-    c.total_steps = 300
-    c.warmup_steps = 30
+    c.total_steps = 200
+    c.warmup_steps = 20
     c.learning_rate = 1e-3
     c.log_every = 25
-    c.eval_every = 100
-    c.checkpoint_every = 100
+    c.eval_every = 50
+    c.checkpoint_every = 50
     c.keep_checkpoints = 2
     c.plots = True
     if a.smoke:

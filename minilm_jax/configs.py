@@ -172,3 +172,51 @@ def family_of_experiment(c: ml_collections.ConfigDict) -> str:
     if "roberta" in path:
         return "roberta"
     return "bert"
+
+
+# The paper's teachers (PAPER.md, "Settings"): where each comes from, the layer distilled
+# (1-based) and the relation heads. Large teachers' layers come from secondary sources; the
+# teacher-layer ablation (experiments/ablations.py) sweeps them.
+TEACHERS = {
+    "bert-base-uncased": dict(hub_id="google-bert/bert-base-uncased", layer=12, relation_heads=48),
+    "bert-large-uncased": dict(hub_id="google-bert/bert-large-uncased", layer=21, relation_heads=64),
+    "roberta-large": dict(hub_id="FacebookAI/roberta-large", layer=19, relation_heads=64),
+    "xlm-roberta-large": dict(hub_id="FacebookAI/xlm-roberta-large", layer=19, relation_heads=64),
+    "xlm-roberta-base": dict(hub_id="FacebookAI/xlm-roberta-base", layer=12, relation_heads=48),
+}
+
+# Corpora per teacher family. English Wikipedia comes through TFDS; BookCorpus, the rest of
+# RoBERTa's 160 GB and CC-100 are not in the TFDS catalogue and are read as local text files
+# (CC-100 is distributed as text: one paragraph per line, documents separated by blank lines).
+CORPORA = {
+    "bert": dict(tfds_sources="wikipedia/20230601.en:text", text_files="corpora/bookcorpus/*.txt",
+                 text_format="line"),
+    "roberta": dict(tfds_sources="wikipedia/20230601.en:text", text_files="corpora/roberta/*.txt",
+                    text_format="paragraph"),
+    "xlm-roberta": dict(tfds_sources="", text_files="corpora/cc100/*.txt", text_format="paragraph"),
+}
+
+
+def teacher_dir(name: str) -> str:
+    """Local folder of a teacher: ``$MINILM_TEACHERS/NAME`` (default ``teachers/NAME``)."""
+    return os.path.join(os.environ.get("MINILM_TEACHERS", "teachers"), name)
+
+
+def paper_experiment(teacher: str, student: str, arg: str | None) -> ml_collections.ConfigDict:
+    """One row of the paper's tables: ``teacher`` (a key of TEACHERS) -> ``student`` spec,
+    with the paper's recipe. ``arg``: ``smoke`` shrinks it to a CPU run of seconds."""
+    a = parse_arg(arg, smoke=False)
+    setting = TEACHERS[teacher]
+    c = base_config()
+    c.teacher.path = teacher_dir(teacher)
+    c.teacher.layer = setting["layer"]
+    c.distill.num_relation_heads = setting["relation_heads"]
+    c.student.spec = student
+    for field, value in CORPORA[family_of_experiment(c)].items():
+        c.data[field] = value
+    c.data.eval_every_kth_document = 1000  # 0.1% of documents held out
+    c.dtype = "bfloat16"  # accelerator runs; parameters and the relation softmax stay float32
+    if a.smoke:
+        c = apply_smoke(c)
+        c.dtype = "float32"
+    return c

@@ -274,13 +274,20 @@ def loss_fn(params, batch, dropout_key, graphdef, *, regression: bool, train: bo
     return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0), logits
 
 
+def optimizer_update(params, grads, opt_state, step, schedule, tx):
+    """One AdamW step at the scheduled learning rate of ``step``: (params, opt_state, lr)."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    lr = learning_rate(step, schedule)
+    return optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates)), opt_state, lr
+
+
 def train_step(state: FinetuneState, batch, *, graphdef, tx, regression: bool):
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, _), grads = grad_fn(state.params, batch, dropout_key, graphdef, regression=regression, train=True)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    lr = learning_rate(state.step, state.schedule)
-    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+    params, opt_state, lr = optimizer_update(
+        state.params, grads, state.opt_state, state.step, state.schedule, tx
+    )
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads)}
 

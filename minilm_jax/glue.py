@@ -220,15 +220,33 @@ def open_split(task: GlueTask, split: str, data_dir: str | None = None) -> Seque
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
     except Exception as e:  # noqa: BLE001  (TFDS raises many types; all mean "cannot open")
-        # First line only: TFDS may append the names of all its datasets.
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        where = f"--data_dir={data_dir} " if data_dir else ""
         raise ValueError(
             f"cannot open TFDS dataset {name!r} split {split!r} (config.data_dir={data_dir or ''!r}) "
-            f"as an array_record data source: {reason}. Prepare it once with "
-            f"`tfds build {name} {where}--file_format=array_record` (TFDS downloads GLUE itself), "
-            f"or point config.data_dir at the folder that holds glue/{task.name}."
+            f"as an array_record data source: {_why_not_open(tfds, name, data_dir, e)}. Prepare it "
+            f"once (TFDS downloads GLUE itself) with: {prepare_command(task.name, data_dir)} -- or "
+            f"`tfds build {name} --file_format=array_record` (the CLI needs apache-beam) -- or point "
+            f"config.data_dir at the folder that holds glue/{task.name}."
         ) from e
+
+
+def _why_not_open(tfds, name: str, data_dir: str | None, error: Exception) -> str:
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+        if not builder.is_prepared():
+            return f"it is not prepared in {builder.data_dir}"
+    except Exception:  # noqa: BLE001  (the original error says more)
+        pass
+    # First line only: TFDS may append the names of all its datasets.
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(":. ")
+
+
+def prepare_command(task_name: str, data_dir: str | None = None) -> str:
+    """A shell command that downloads and prepares glue/<task> in array_record format."""
+    where = f"data_dir={data_dir!r}" if data_dir else ""
+    return (
+        f"python -c \"import tensorflow_datasets as tfds; tfds.builder('glue/{task_name}'"
+        f"{', ' + where if where else ''}).download_and_prepare(file_format='array_record')\""
+    )
 
 
 def read_split(task: GlueTask, split: str, data_dir: str | None = None, limit: int = 0) -> Examples:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,6 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and Grain log every step of a save at INFO; the progress lines are ours.
+        absl_logging.set_verbosity(absl_logging.WARNING)
     # Imported here so `--help` and flag errors do not wait for JAX.
     from minilm_jax import train
 

@@ -37,11 +37,14 @@ QKV_KINDS = "qkv"  # index of each letter in a (q, k, v) triple
 PAIR_NAMES: tuple[str, ...] = tuple(x + y for x in QKV_KINDS for y in QKV_KINDS)
 IMPLEMENTATIONS = ("auto", "direct", "blocked")
 
-# Measured with `python -m minilm_jax.bench relations` on a 2-core CPU (README table): the
-# blocked walk is never slower there (its blocks stay in cache; at 64-128 tokens the two are
-# within noise) and from 256 tokens on it is faster and needs a tenth of the memory or less.
-# Below 256 tokens the [B, R, T, T] relations are small, and one fused pass without a serial
-# loop is what suits accelerators, so "auto" keeps "direct" there.
+# Measured with `python -m minilm_jax.bench relations` (R=48, widths 768/384, qq+kk+vv, loss
+# and gradient) on a shared 2-core CPU, README table. The blocked walk was never slower
+# there (8x128: 0.35 s vs 0.48 s; 8x512: 5.4 s vs 13.1 s; 1x2048: 21.7 s vs 49.0 s) because
+# its blocks stay in cache, and its memory is linear in T (1x4096: 0.25 GiB vs 39 GiB).
+# Below 256 tokens, though, the direct relations are small (0.28 GiB at 8x128), it compiles
+# faster (1.2 s vs 2.0 s at 8x128) and is one fused pass without a serial loop or the
+# recomputation of the forward pass, which is what accelerators favour; from 256 tokens on
+# the direct memory (1.1 GiB at 8x256, 4.5 GiB at 8x512, x4 per doubling) is what matters.
 AUTO_BLOCKED_MIN_LENGTH = 256
 # Query rows per block: 16-64 rows were fastest on CPU at 128-2048 tokens (32 best overall);
 # memory grows linearly with it.

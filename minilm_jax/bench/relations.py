@@ -76,7 +76,9 @@ def _case(batch: int, length: int, implementation: str, block_size: int | None, 
             tuple(jax.ShapeDtypeStruct((batch, length, TEACHER_WIDTH), jnp.float32)
                   for _ in range(3)),
             jax.ShapeDtypeStruct((batch, length), jnp.int32))
+  start = time.perf_counter()
   compiled = _loss_and_grad(implementation, block_size).lower(*shapes).compile()
+  compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   needed = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
   record = {
@@ -86,7 +88,7 @@ def _case(batch: int, length: int, implementation: str, block_size: int | None, 
                     else None,
       "R": NUM_RELATION_HEADS, "teacher_width": TEACHER_WIDTH, "student_width": STUDENT_WIDTH,
       "pairs": list(PAIRS), "temp_bytes": memory.temp_size_in_bytes,
-      "temp_gib": round(memory.temp_size_in_bytes / 2**30, 3),
+      "temp_gib": round(memory.temp_size_in_bytes / 2**30, 3), "compile_s": round(compile_s, 2),
       "device": jax.devices()[0].device_kind, "host_cpus": os.cpu_count(),
       "load_avg_1m": round(os.getloadavg()[0], 2),
   }
