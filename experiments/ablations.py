@@ -43,8 +43,12 @@ def sweep(arg=None):
         choices = [
             ("qq", "kk", "vv"),
             relations.MINILM_V1_RELATIONS,
-            ("qq",), ("kk",), ("vv",),
-            ("qq", "kk"), ("qq", "vv"), ("kk", "vv"),
+            ("qq",),
+            ("kk",),
+            ("vv",),
+            ("qq", "kk"),
+            ("qq", "vv"),
+            ("kk", "vv"),
         ]
         return [("relations-" + "+".join(c), {"distill.relations": tuple(c)}) for c in choices]
     if a.ablation == "relation_heads":

@@ -88,22 +88,23 @@ class Checkpointer:
 
 def abstract_like(tree: Any) -> Any:
     """``jax.ShapeDtypeStruct`` leaves with the shardings of ``tree``, for restoring into."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
-    )
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def read_state(directory: str, step: int | None = None) -> Any:
     """The saved ``state`` pytree (host numpy arrays) of ``step`` (default: the latest), for
     inspection in tests and notebooks; training restores with ``Checkpointer.restore``."""
     with ocp.CheckpointManager(
-        os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(read_only=True),
         item_names=(_STATE, _DATA),
     ) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {directory}")
-        restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore()}))
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore()})
+        )
     return jax.tree.map(np.asarray, restored[_STATE])
 
 
@@ -119,7 +120,9 @@ class StopSignal:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):  # noqa: ARG002 (signal handler signature)
-        logging.warning("Received signal %d: checkpointing at the next step, then stopping.", signum)
+        logging.warning(
+            "Received signal %d: checkpointing at the next step, then stopping.", signum
+        )
         self._event.set()
 
     @property

@@ -33,18 +33,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.student = ml_collections.ConfigDict()
     c.student.spec = "6x384"  # LAYERSxHIDDEN
     c.student.num_heads = 12  # attention heads of the student
-    c.student.intermediate_size = ml_collections.FieldReference(None, field_type=int)  # None: 4 x hidden
+    c.student.intermediate_size = ml_collections.FieldReference(
+        None, field_type=int
+    )  # None: 4 x hidden
     c.student.dropout = 0.1  # hidden and attention dropout while distilling
-    c.student.init = "random"  # "random" (the paper) or "teacher" (copy teacher layers; widths must match)
+    c.student.init = (
+        "random"  # "random" (the paper) or "teacher" (copy teacher layers; widths must match)
+    )
     # Teacher layers (0-based) copied into the student when init="teacher"; None: evenly spaced.
     c.student.init_layers = ml_collections.FieldReference(None, field_type=tuple)
 
     c.distill = ml_collections.ConfigDict()
     c.distill.relations = ("qq", "kk", "vv")  # pair names (two of q/k/v) or registered relations
-    c.distill.weights = ml_collections.FieldReference(None, field_type=tuple)  # per relation; None: all 1
+    c.distill.weights = ml_collections.FieldReference(
+        None, field_type=tuple
+    )  # per relation; None: all 1
     c.distill.num_relation_heads = 48  # A_r: 48 for base-size teachers, 64 for large ones
     c.distill.implementation = "auto"  # "auto" | "direct" | "blocked" (memory-bounded) relation KL
-    c.distill.block_size = ml_collections.FieldReference(None, field_type=int)  # query rows per block
+    c.distill.block_size = ml_collections.FieldReference(
+        None, field_type=int
+    )  # query rows per block
     # Python modules imported before validation, so relations they register can be named above.
     c.distill.relation_modules = ()
 
@@ -53,7 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 1024  # global batch (sequences), split over every device of every host
     c.grad_accum_steps = 1  # micro-batches per optimizer step (the batch is split into them)
     c.eval_batch_size = 64  # global batch for the held-out loss
-    c.data.max_eval_batches = 20  # held-out batches per evaluation (None = the whole held-out split)
+    c.data.max_eval_batches = (
+        20  # held-out batches per evaluation (None = the whole held-out split)
+    )
 
     c.total_steps = 400_000  # optimizer steps
     c.warmup_steps = 4000  # linear warmup, then linear decay to 0 at total_steps
@@ -179,7 +189,9 @@ def family_of_experiment(c: ml_collections.ConfigDict) -> str:
 # teacher-layer ablation (experiments/ablations.py) sweeps them.
 TEACHERS = {
     "bert-base-uncased": dict(hub_id="google-bert/bert-base-uncased", layer=12, relation_heads=48),
-    "bert-large-uncased": dict(hub_id="google-bert/bert-large-uncased", layer=21, relation_heads=64),
+    "bert-large-uncased": dict(
+        hub_id="google-bert/bert-large-uncased", layer=21, relation_heads=64
+    ),
     "roberta-large": dict(hub_id="FacebookAI/roberta-large", layer=19, relation_heads=64),
     "xlm-roberta-large": dict(hub_id="FacebookAI/xlm-roberta-large", layer=19, relation_heads=64),
     "xlm-roberta-base": dict(hub_id="FacebookAI/xlm-roberta-base", layer=12, relation_heads=48),
@@ -189,10 +201,16 @@ TEACHERS = {
 # RoBERTa's 160 GB and CC-100 are not in the TFDS catalogue and are read as local text files
 # (CC-100 is distributed as text: one paragraph per line, documents separated by blank lines).
 CORPORA = {
-    "bert": dict(tfds_sources="wikipedia/20230601.en:text", text_files="corpora/bookcorpus/*.txt",
-                 text_format="line"),
-    "roberta": dict(tfds_sources="wikipedia/20230601.en:text", text_files="corpora/roberta/*.txt",
-                    text_format="paragraph"),
+    "bert": dict(
+        tfds_sources="wikipedia/20230601.en:text",
+        text_files="corpora/bookcorpus/*.txt",
+        text_format="line",
+    ),
+    "roberta": dict(
+        tfds_sources="wikipedia/20230601.en:text",
+        text_files="corpora/roberta/*.txt",
+        text_format="paragraph",
+    ),
     "xlm-roberta": dict(tfds_sources="", text_files="corpora/cc100/*.txt", text_format="paragraph"),
 }
 

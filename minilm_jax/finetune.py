@@ -57,7 +57,7 @@ class FinetuneError(RuntimeError):
 
 
 def resolve_head(head: str, family: str) -> str:
-    """"auto": the pooler for BERT (as BertForSequenceClassification), the [CLS]/<s> head
+    """ "auto": the pooler for BERT (as BertForSequenceClassification), the [CLS]/<s> head
     with its own dense+tanh for RoBERTa/XLM-R (as RobertaClassificationHead)."""
     if head not in HEADS:
         raise ValueError(f"config.head={head!r}; allowed: {HEADS}")
@@ -74,7 +74,9 @@ class Classifier(nnx.Module):
     num_outputs=1 is a regression score (STS-B).
     """
 
-    def __init__(self, encoder: Transformer, num_outputs: int, *, head: str, dropout: float, rngs: nnx.Rngs):
+    def __init__(
+        self, encoder: Transformer, num_outputs: int, *, head: str, dropout: float, rngs: nnx.Rngs
+    ):
         if head not in ("pooler", "cls"):
             raise ValueError(f"Classifier head={head!r}; allowed: 'pooler', 'cls'")
         if head == "pooler" and encoder.pooler is None:
@@ -94,12 +96,20 @@ class Classifier(nnx.Module):
         self.out = nnx.Linear(d, num_outputs, **init)
         self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids, *, deterministic: bool = True, rngs=None):
-        out = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
+    def __call__(
+        self, input_ids, attention_mask, token_type_ids, *, deterministic: bool = True, rngs=None
+    ):
+        out = self.encoder(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+        )
         if self.head == "pooler":
             x = out.pooler_output.astype(jnp.float32)
         else:
-            x = self.dropout(out.last_hidden_state[:, 0].astype(jnp.float32), deterministic=deterministic, rngs=rngs)
+            x = self.dropout(
+                out.last_hidden_state[:, 0].astype(jnp.float32),
+                deterministic=deterministic,
+                rngs=rngs,
+            )
             x = jnp.tanh(self.dense(x))
         return self.out(self.dropout(x, deterministic=deterministic, rngs=rngs))
 
@@ -120,7 +130,9 @@ class Student:
         return nnx.merge(self.graphdef, self.params)
 
 
-def load_student(path: str, *, head: str = "auto", dropout: float = 0.1, dtype: str = "float32") -> Student:
+def load_student(
+    path: str, *, head: str = "auto", dropout: float = 0.1, dtype: str = "float32"
+) -> Student:
     """Loads a Hugging Face folder (weights + tokenizer) for fine-tuning.
 
     The checkpoint's dropout rates are replaced by ``dropout`` (an exported student may carry
@@ -142,7 +154,9 @@ def load_student(path: str, *, head: str = "auto", dropout: float = 0.1, dtype: 
 
 def init_model(student: Student, num_outputs: int, *, dropout: float, seed: int) -> Classifier:
     """A fresh classifier: the pretrained encoder and a head initialised from ``seed``."""
-    return Classifier(student.encoder(), num_outputs, head=student.head, dropout=dropout, rngs=nnx.Rngs(seed))
+    return Classifier(
+        student.encoder(), num_outputs, head=student.head, dropout=dropout, rngs=nnx.Rngs(seed)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +189,11 @@ def validate_config(config: ml_collections.ConfigDict) -> glue.GlueTask:
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     sweep = config.sweep
     if not sweep.learning_rates or any(not float(lr) > 0 for lr in sweep.learning_rates):
-        _fail("sweep.learning_rates", sweep.learning_rates, "needs one or more positive learning rates")
+        _fail(
+            "sweep.learning_rates",
+            sweep.learning_rates,
+            "needs one or more positive learning rates",
+        )
     if not sweep.epochs or any(int(e) != e or e < 1 for e in sweep.epochs):
         _fail("sweep.epochs", sweep.epochs, "needs one or more positive integers")
     if not sweep.seeds or any(int(s) != s for s in sweep.seeds):
@@ -201,7 +219,9 @@ def check_student_path(path: str) -> TransformerConfig:
         config = hf.load_config(path)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"config.student_path={path!r}: {e}") from None
-    if not any(os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "vocab.txt")):
+    if not any(
+        os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "vocab.txt")
+    ):
         _fail(
             "student_path",
             path,
@@ -247,7 +267,9 @@ def optimizer_settings(config: ml_collections.ConfigDict) -> tuple[tuple[str, fl
 def make_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
     """AdamW without its learning-rate scaling (``train_step`` applies the scheduled rate):
     optax.adamw is exactly scale_by_adam -> add_decayed_weights -> scale by -lr."""
-    parts = [optax.clip_by_global_norm(config["grad_clip_norm"])] if config["grad_clip_norm"] else []
+    parts = (
+        [optax.clip_by_global_norm(config["grad_clip_norm"])] if config["grad_clip_norm"] else []
+    )
     parts += [
         optax.scale_by_adam(b1=config["adam_b1"], b2=config["adam_b2"], eps=config["adam_eps"]),
         optax.add_decayed_weights(config["weight_decay"], mask=decay_mask),
@@ -284,7 +306,9 @@ def optimizer_update(params, grads, opt_state, step, schedule, tx):
 def train_step(state: FinetuneState, batch, *, graphdef, tx, regression: bool):
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, _), grads = grad_fn(state.params, batch, dropout_key, graphdef, regression=regression, train=True)
+    (loss, _), grads = grad_fn(
+        state.params, batch, dropout_key, graphdef, regression=regression, train=True
+    )
     params, opt_state, lr = optimizer_update(
         state.params, grads, state.opt_state, state.step, state.schedule, tx
     )
@@ -343,12 +367,16 @@ def encode_task_data(
     cfg = student.config
     if max_len > cfg.max_sequence_length:
         _fail("max_len", max_len, f"the student has only {cfg.max_sequence_length} positions")
-    encoder = glue.PairEncoder.for_tokenizer(student.tokenizer, cfg.family, cfg.pad_token_id, max_len)
+    encoder = glue.PairEncoder.for_tokenizer(
+        student.tokenizer, cfg.family, cfg.pad_token_id, max_len
+    )
     encode = functools.partial(glue.encode_examples, student.tokenizer, encoder)
     return TaskData(task, encode(train), {split: encode(ex) for split, ex in evals.items()})
 
 
-def read_task_examples(config, task: glue.GlueTask) -> tuple[glue.Examples, dict[str, glue.Examples]]:
+def read_task_examples(
+    config, task: glue.GlueTask
+) -> tuple[glue.Examples, dict[str, glue.Examples]]:
     """Train and dev examples from TFDS (under ``tfds.testing.mock_data`` when
     ``config.tfds_mock_examples`` > 0: random text, for smoke runs and tests)."""
 
@@ -365,7 +393,9 @@ def read_task_examples(config, task: glue.GlueTask) -> tuple[glue.Examples, dict
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     # USE_CODE: the dataset's features come from the GLUE builder, no metadata files needed.
-    with tfds.testing.mock_data(num_examples=config.tfds_mock_examples, policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(
+        num_examples=config.tfds_mock_examples, policy=tfds.testing.MockPolicy.USE_CODE
+    ):
         return read_all()
 
 
@@ -421,13 +451,17 @@ def run_name(learning_rate: float, epochs: int, seed: int) -> str:
 class Finetuner:
     """Fine-tunes fresh copies of one student on one task's data, one run per call."""
 
-    def __init__(self, config: ml_collections.ConfigDict, student: Student, data: TaskData, mesh=None):
+    def __init__(
+        self, config: ml_collections.ConfigDict, student: Student, data: TaskData, mesh=None
+    ):
         self.config, self.student, self.data, self.task = config, student, data, data.task
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.buckets = glue.length_buckets(config.max_len, config.length_buckets)
         self.num_outputs = self.task.num_labels
         self.tx = make_optimizer(dict(optimizer_settings(config)))
-        model = nnx.eval_shape(lambda: init_model(student, self.num_outputs, dropout=config.dropout, seed=0))
+        model = nnx.eval_shape(
+            lambda: init_model(student, self.num_outputs, dropout=config.dropout, seed=0)
+        )
         self.graphdef = nnx.graphdef(model)
         self.train_fn, self.predict_fn = step_functions(
             self.graphdef, self.task.regression, optimizer_settings(config), self.mesh
@@ -479,7 +513,9 @@ class Finetuner:
                 state, step_metrics = self.train_fn(state, parallel.to_global(batch, self.mesh))
                 window.append(step_metrics)
                 if step % config.log_every == 0 or step == total:
-                    means = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
+                    means = {
+                        k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]
+                    }
                     window = []
                     last_loss = means["loss"]
                     if not math.isfinite(last_loss):
@@ -494,7 +530,9 @@ class Finetuner:
                         f"grad_norm {means['grad_norm']:.3g}"
                     )
             train_seconds = time.time() - start
-            logits = {split: self.predict(state.params, encoded) for split, encoded in data.evals.items()}
+            logits = {
+                split: self.predict(state.params, encoded) for split, encoded in data.evals.items()
+            }
         finally:
             if writer:
                 writer.close()
@@ -520,8 +558,11 @@ class Finetuner:
         if run_dir and jax.process_index() == 0:
             np.savez(
                 os.path.join(run_dir, "predictions.npz"),
-                **{f"{split}/{kind}": value for split in logits
-                   for kind, value in (("logits", logits[split]), ("labels", labels[split]))},
+                **{
+                    f"{split}/{kind}": value
+                    for split in logits
+                    for kind, value in (("logits", logits[split]), ("labels", labels[split]))
+                },
             )
         return RunResult(record, predictions, labels, logits, state.params if keep_params else None)
 
@@ -538,7 +579,9 @@ class Finetuner:
             rows = padded[s : s + batch_size]
             real = rows[rows >= 0]
             length = glue.bucket_length(int(encoded.lengths[real].max()), self.buckets)
-            batch = glue.make_batch(encoded, rows[lo : lo + host_rows], length, self.student.config.pad_token_id)
+            batch = glue.make_batch(
+                encoded, rows[lo : lo + host_rows], length, self.student.config.pad_token_id
+            )
             logits = self.predict_fn(params, parallel.to_global(batch, self.mesh))
             # Replicated output: this host's first shard is the whole global batch.
             out[real] = np.asarray(logits.addressable_data(0))[: len(real)]
@@ -590,7 +633,11 @@ def summarize(records: Sequence[Mapping[str, Any]], task: glue.GlueTask) -> dict
                 "epochs": epochs,
                 "seeds": sorted(int(r["seed"]) for r in runs),
                 "mean": {name: float(np.mean([value(r, name) for r in runs])) for name in names},
-                "best": {"seed": int(best["seed"]), "score": best["score"], "metrics": dict(best["metrics"])},
+                "best": {
+                    "seed": int(best["seed"]),
+                    "score": best["score"],
+                    "metrics": dict(best["metrics"]),
+                },
             }
         )
     best_run = max(records, key=lambda r: _rank(r["score"]))
@@ -599,7 +646,9 @@ def summarize(records: Sequence[Mapping[str, Any]], task: glue.GlueTask) -> dict
         "task": task.name,
         "metric_names": list(task.metric_names),
         "points": points,
-        "best_run": {k: best_run[k] for k in ("learning_rate", "epochs", "seed", "metrics", "score")},
+        "best_run": {
+            k: best_run[k] for k in ("learning_rate", "epochs", "seed", "metrics", "score")
+        },
         "best_mean": {k: best_mean[k] for k in ("learning_rate", "epochs", "seeds", "mean")},
     }
 
@@ -608,7 +657,15 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """The summary as markdown (metrics in percent, as GLUE tables report them)."""
     names = summary["metric_names"]
     pct = lambda x: "nan" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"  # noqa: E731
-    header = ["lr", "epochs", "seeds", *(f"{n} (mean)" for n in names), "score (mean)", "best score", "best seed"]
+    header = [
+        "lr",
+        "epochs",
+        "seeds",
+        *(f"{n} (mean)" for n in names),
+        "score (mean)",
+        "best score",
+        "best seed",
+    ]
     lines = [
         f"GLUE {summary['task']}: dev results",
         "",
@@ -671,7 +728,9 @@ def ensure_tiny_student(config, workdir: str, texts: Sequence[str]) -> str:
     return path
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print) -> SweepResult:
+def run_sweep(
+    config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print
+) -> SweepResult:
     """Fine-tunes one run per (learning rate, epochs, seed) of ``config.sweep`` and writes
     results.jsonl, summary.json and summary.md into ``workdir``; returns all of it."""
     workdir = os.path.abspath(workdir)
@@ -685,10 +744,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, log: Callable[
 
     train, evals = read_task_examples(config, task)
     if config.tiny_student_family:
-        student_path = ensure_tiny_student(config, workdir, [t for column in train.texts for t in column])
+        student_path = ensure_tiny_student(
+            config, workdir, [t for column in train.texts for t in column]
+        )
     else:
         student_path = os.path.abspath(os.path.expanduser(config.student_path))
-    student = load_student(student_path, head=config.head, dropout=config.dropout, dtype=config.dtype)
+    student = load_student(
+        student_path, head=config.head, dropout=config.dropout, dtype=config.dtype
+    )
     data = encode_task_data(task, student, train, evals, config.max_len)
     log(
         f"GLUE {task.name}: {len(data.train)} train examples, dev "

@@ -61,7 +61,9 @@ class GlueTask:
         """
         out = {}
         for prefix, split in self.eval_splits:
-            values = _METRIC_FNS[self.metric](np.asarray(predictions[split]), np.asarray(labels[split]))
+            values = _METRIC_FNS[self.metric](
+                np.asarray(predictions[split]), np.asarray(labels[split])
+            )
             out.update({prefix + name: value for name, value in values.items()})
         return out
 
@@ -85,7 +87,10 @@ TASKS: dict[str, GlueTask] = {
             ("premise", "hypothesis"),
             3,
             "accuracy",
-            eval_splits=(("matched_", "validation_matched"), ("mismatched_", "validation_mismatched")),
+            eval_splits=(
+                ("matched_", "validation_matched"),
+                ("mismatched_", "validation_mismatched"),
+            ),
         ),
         GlueTask("qnli", ("question", "sentence"), 2, "accuracy"),
         GlueTask("rte", ("sentence1", "sentence2"), 2, "accuracy"),
@@ -98,7 +103,9 @@ def get_task(name: str) -> GlueTask:
     """A task by name; "SST-2", "sts_b" and "sst2" all work. Fails with the eight names."""
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in TASKS:
-        raise ValueError(f"config.task={name!r} is not a GLUE task of the paper; allowed: {list(TASK_NAMES)}")
+        raise ValueError(
+            f"config.task={name!r} is not a GLUE task of the paper; allowed: {list(TASK_NAMES)}"
+        )
     return TASKS[key]
 
 
@@ -175,7 +182,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
     if a.shape != b.shape or not a.size:
-        raise ValueError(f"metric inputs must be non-empty and of equal length; got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"metric inputs must be non-empty and of equal length; got {a.shape} and {b.shape}"
+        )
     return a, b
 
 
@@ -216,7 +225,9 @@ def open_split(task: GlueTask, split: str, data_dir: str | None = None) -> Seque
     try:
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-        raise ImportError(f"reading {name} needs tensorflow-datasets: pip install 'minilm_jax[tfds]'") from e
+        raise ImportError(
+            f"reading {name} needs tensorflow-datasets: pip install 'minilm_jax[tfds]'"
+        ) from e
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
     except Exception as e:  # noqa: BLE001  (TFDS raises many types; all mean "cannot open")
@@ -254,7 +265,9 @@ def read_split(task: GlueTask, split: str, data_dir: str | None = None, limit: i
     return examples_from_source(task, open_split(task, split, data_dir), split, limit)
 
 
-def examples_from_source(task: GlueTask, source: Sequence[Any], split: str, limit: int = 0) -> Examples:
+def examples_from_source(
+    task: GlueTask, source: Sequence[Any], split: str, limit: int = 0
+) -> Examples:
     """Examples from any random-access sequence of TFDS-style dicts (features as in TFDS)."""
     n = len(source) if limit <= 0 else min(limit, len(source))
     if n == 0:
@@ -298,7 +311,9 @@ def _as_text(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def truncate_longest_first(length_a: int, length_b: int | None, budget: int) -> tuple[int, int | None]:
+def truncate_longest_first(
+    length_a: int, length_b: int | None, budget: int
+) -> tuple[int, int | None]:
     """Lengths kept of a (pair of) token sequence(s) so that they fit ``budget`` tokens.
 
     A single sequence keeps its first ``budget`` tokens. A pair loses tokens from the longer
@@ -331,10 +346,14 @@ class PairEncoder:
 
     def __post_init__(self):
         if self.max_len < 6:
-            raise ValueError(f"config.max_len={self.max_len}: too short for a sentence pair with special tokens (>= 6)")
+            raise ValueError(
+                f"config.max_len={self.max_len}: too short for a sentence pair with special tokens (>= 6)"
+            )
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: tokenizers.Tokenizer, family: str, pad_id: int, max_len: int) -> PairEncoder:
+    def for_tokenizer(
+        cls, tokenizer: tokenizers.Tokenizer, family: str, pad_id: int, max_len: int
+    ) -> PairEncoder:
         special = special_token_ids(tokenizer, family)
         if special.pad_id != pad_id:
             raise ValueError(
@@ -348,7 +367,9 @@ class PairEncoder:
             return 2  # [CLS] a [SEP] | <s> a </s>
         return 3 if self.family == "bert" else 4  # [CLS] a [SEP] b [SEP] | <s> a </s></s> b </s>
 
-    def encode(self, a: Sequence[int], b: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self, a: Sequence[int], b: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """int32 (input_ids, token_type_ids), unpadded, at most max_len long."""
         keep_a, keep_b = truncate_longest_first(
             len(a), None if b is None else len(b), self.max_len - self.num_special(b is not None)
@@ -380,14 +401,17 @@ class Encoded:
         return len(self.labels)
 
 
-def encode_examples(tokenizer: tokenizers.Tokenizer, encoder: PairEncoder, examples: Examples) -> Encoded:
+def encode_examples(
+    tokenizer: tokenizers.Tokenizer, encoder: PairEncoder, examples: Examples
+) -> Encoded:
     """Tokenises every text (no special tokens; the tokenizer's own truncation and padding
     off, on a copy) and lays out each example for the family."""
     tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
     tok.no_truncation()
     tok.no_padding()
     columns = [
-        [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)] for texts in examples.texts
+        [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+        for texts in examples.texts
     ]
     pairs = [encoder.encode(*row) for row in zip(*columns)]
     ids = tuple(p[0] for p in pairs)
@@ -413,7 +437,9 @@ def bucket_length(longest: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"{longest} tokens exceed the longest bucket {buckets[-1]}")
 
 
-def make_batch(encoded: Encoded, rows: np.ndarray, length: int, pad_id: int) -> dict[str, np.ndarray]:
+def make_batch(
+    encoded: Encoded, rows: np.ndarray, length: int, pad_id: int
+) -> dict[str, np.ndarray]:
     """Rows of ``encoded`` padded to ``length``; a row index of -1 is a filler row (padding
     only, weight 0) that keeps the batch shape fixed at the end of a pass."""
     n = len(rows)

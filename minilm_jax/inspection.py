@@ -129,7 +129,7 @@ def plot_head_kl(kl_by_pair: Mapping[str, Sequence[float]]) -> Figure:
     pairs = list(kl_by_pair)
     num_heads = len(kl_by_pair[pairs[0]])
     width = 0.8 / len(pairs)
-    fig = Figure(figsize=(max(6.0, 0.5 * num_heads * len(pairs)), 3.6), layout="constrained")
+    fig = Figure(figsize=(min(max(6.0, 0.3 * num_heads * len(pairs)), 14.0), 3.6), layout="constrained")
     ax = fig.subplots()
     for i, pair in enumerate(pairs):
         values = np.asarray(kl_by_pair[pair], np.float64)

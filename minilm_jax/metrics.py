@@ -81,7 +81,9 @@ class Progress:
         tokens_per_s = self._tokens / elapsed
         eta = (self.total_steps - step) * elapsed / steps
         relations = " ".join(
-            f"{k.removeprefix('loss/')} {v:.4f}" for k, v in scalars.items() if k.startswith("loss/")
+            f"{k.removeprefix('loss/')} {v:.4f}"
+            for k, v in scalars.items()
+            if k.startswith("loss/")
         )
         line = (
             f"step {step}/{self.total_steps}  loss {scalars['loss']:.4f} ({relations})  "

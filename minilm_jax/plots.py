@@ -29,7 +29,13 @@ def plot_loss_curves(metrics_path: str, out_path: str) -> str:
         for name in names:
             ax.plot(steps, [r[name] for r in train], label=f"train {name[5:]}", lw=1, alpha=0.7)
     if evals:
-        ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="held-out (total)", lw=2)
+        ax.plot(
+            [r["step"] for r in evals],
+            [r["loss"] for r in evals],
+            "o-",
+            label="held-out (total)",
+            lw=2,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("relation KL")
     ax.set_title("MiniLMv2 distillation loss")
@@ -74,14 +80,18 @@ def plot_relations(teacher_rel, student_rel, tokens: list[str], pairs, out_path:
     return out_path
 
 
-def write_run_plots(workdir, teacher, student, tokenizer, config, eval_text: str = "") -> dict[str, str]:
+def write_run_plots(
+    workdir, teacher, student, tokenizer, config, eval_text: str = ""
+) -> dict[str, str]:
     """The two pictures of a finished run: loss curves and relation heatmaps for one
     held-out sentence (``eval_text``, or the first held-out document, cut to 40 tokens)."""
     from minilm_jax import data
 
-    out = {"loss_curves": plot_loss_curves(
-        os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curves.png")
-    )}
+    out = {
+        "loss_curves": plot_loss_curves(
+            os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curves.png")
+        )
+    }
     if not eval_text:
         cfg = data.validate_data_config(config.data)
         _, held_out = data.held_out_split(data.load_documents(cfg), cfg["eval_every_kth_document"])
@@ -96,8 +106,13 @@ def write_run_plots(workdir, teacher, student, tokenizer, config, eval_text: str
     s_out = student(input_ids, mask, types)
     pairs = [p for p in config.distill.relations if len(p) == 2 and set(p) <= set("qkv")] or ["qq"]
     heads = config.distill.num_relation_heads
-    t_rel = {p: relation_probabilities(t_out.qkv[config.teacher.layer - 1], mask, p, heads)[0].mean(0) for p in pairs}
+    t_rel = {
+        p: relation_probabilities(t_out.qkv[config.teacher.layer - 1], mask, p, heads)[0].mean(0)
+        for p in pairs
+    }
     s_rel = {p: relation_probabilities(s_out.qkv[-1], mask, p, heads)[0].mean(0) for p in pairs}
     tokens = [tokenizer.id_to_token(int(i)) or "?" for i in ids]
-    out["relations"] = plot_relations(t_rel, s_rel, tokens, pairs, os.path.join(workdir, "relations.png"))
+    out["relations"] = plot_relations(
+        t_rel, s_rel, tokens, pairs, os.path.join(workdir, "relations.png")
+    )
     return out

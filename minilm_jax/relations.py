@@ -74,7 +74,9 @@ def split_relation_heads(x: jax.Array, num_heads: int) -> jax.Array:
     return x.reshape(batch, length, num_heads, width // num_heads).transpose(0, 2, 1, 3)
 
 
-def relation_logits(x: jax.Array, y: jax.Array, attention_mask: jax.Array, num_heads: int) -> jax.Array:
+def relation_logits(
+    x: jax.Array, y: jax.Array, attention_mask: jax.Array, num_heads: int
+) -> jax.Array:
     """Scaled relation logits `X_r Y_r^T / sqrt(D/R)`, float32 `[B, R, T, T]`, padded keys masked.
 
     `x` and `y` are `[B, T, D]` (the same D); `attention_mask` is `[B, T]`, nonzero for real
@@ -86,7 +88,9 @@ def relation_logits(x: jax.Array, y: jax.Array, attention_mask: jax.Array, num_h
     return _mask_keys(_scaled_scores(xr, yr), attention_mask != 0)
 
 
-def relation_kl(teacher_logits: jax.Array, student_logits: jax.Array, attention_mask: jax.Array) -> jax.Array:
+def relation_kl(
+    teacher_logits: jax.Array, student_logits: jax.Array, attention_mask: jax.Array
+) -> jax.Array:
     """KL(softmax(teacher) || softmax(student)) per query row, averaged (float32 scalar).
 
     Logits are `[B, R, T, T]` (query axis before key axis). Padded keys are masked here again
@@ -102,7 +106,9 @@ def relation_kl(teacher_logits: jax.Array, student_logits: jax.Array, attention_
     return sequence_average(per_sequence_sum, attention_mask, teacher_logits.shape[1])
 
 
-def sequence_average(per_sequence_sum: jax.Array, attention_mask: jax.Array, num_heads: int) -> jax.Array:
+def sequence_average(
+    per_sequence_sum: jax.Array, attention_mask: jax.Array, num_heads: int
+) -> jax.Array:
     """Per-sequence KL sums `[B]` -> the batch loss of PAPER.md (each sequence weighs the same).
 
     Sequence b is normalised by `num_heads * n_b` (its own valid length). Sequences with
@@ -142,7 +148,9 @@ def pair_relation_loss(
             attention_mask,
         )
     heads = [split_relation_heads(a.astype(jnp.float32), num_heads) for a in (t_x, t_y, s_x, s_y)]
-    per_sequence_sum = _blocked_kl_sums(*heads, attention_mask != 0, block_size or DEFAULT_BLOCK_SIZE)
+    per_sequence_sum = _blocked_kl_sums(
+        *heads, attention_mask != 0, block_size or DEFAULT_BLOCK_SIZE
+    )
     return sequence_average(per_sequence_sum, attention_mask, num_heads)
 
 
@@ -200,7 +208,9 @@ def minilmv2_loss(
 def _scaled_scores(x_heads: jax.Array, y_heads: jax.Array) -> jax.Array:
     """`[B, R, Tq, d]` x `[B, R, Tk, d]` -> `[B, R, Tq, Tk]` float32, divided by sqrt(d)."""
     scale = 1.0 / math.sqrt(x_heads.shape[-1])
-    return jnp.einsum("brqd,brkd->brqk", x_heads, y_heads, preferred_element_type=jnp.float32) * scale
+    return (
+        jnp.einsum("brqd,brkd->brqk", x_heads, y_heads, preferred_element_type=jnp.float32) * scale
+    )
 
 
 def _mask_keys(logits: jax.Array, key_valid: jax.Array) -> jax.Array:
@@ -208,7 +218,9 @@ def _mask_keys(logits: jax.Array, key_valid: jax.Array) -> jax.Array:
     return jnp.where(key_valid[:, None, None, :], logits, MASKED_LOGIT)
 
 
-def _row_kl(teacher_logits: jax.Array, student_logits: jax.Array, key_valid: jax.Array) -> jax.Array:
+def _row_kl(
+    teacher_logits: jax.Array, student_logits: jax.Array, key_valid: jax.Array
+) -> jax.Array:
     """KL(teacher || student) of each query row over the valid keys: `[B, R, Tq]` float32."""
     log_p_teacher = jax.nn.log_softmax(_mask_keys(teacher_logits, key_valid), axis=-1)
     log_p_student = jax.nn.log_softmax(_mask_keys(student_logits, key_valid), axis=-1)
@@ -218,7 +230,12 @@ def _row_kl(teacher_logits: jax.Array, student_logits: jax.Array, key_valid: jax
 
 
 def _blocked_kl_sums(
-    t_x: jax.Array, t_y: jax.Array, s_x: jax.Array, s_y: jax.Array, valid: jax.Array, block_size: int
+    t_x: jax.Array,
+    t_y: jax.Array,
+    s_x: jax.Array,
+    s_y: jax.Array,
+    valid: jax.Array,
+    block_size: int,
 ) -> jax.Array:
     """Per-sequence sums `[B]` of the row KLs of valid query rows, `block_size` rows at a time.
 
@@ -285,7 +302,11 @@ _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_relation(
-    name: str, fn: RelationFn | None = None, *, check: RelationCheck | None = None, replace: bool = False
+    name: str,
+    fn: RelationFn | None = None,
+    *,
+    check: RelationCheck | None = None,
+    replace: bool = False,
 ) -> Any:
     """Registers `fn(teacher_qkv, student_qkv, attention_mask, ctx) -> scalar` under `name`.
 
@@ -301,10 +322,12 @@ def register_relation(
         raise ValueError(f"relation name must be a non-empty str, got {name!r}")
     if name in PAIR_NAMES:
         raise ValueError(
-            f"{name!r} is a built-in pair name (any two letters of q/k/v); " "choose another name"
+            f"{name!r} is a built-in pair name (any two letters of q/k/v); choose another name"
         )
     if name in _REGISTRY and not replace:
-        raise ValueError(f"relation {name!r} is already registered; pass replace=True to redefine it")
+        raise ValueError(
+            f"relation {name!r} is already registered; pass replace=True to redefine it"
+        )
 
     def register(f: RelationFn) -> RelationFn:
         if not callable(f):
@@ -387,12 +410,16 @@ def distillation_loss(
     teacher_qkv = tuple(jax.lax.stop_gradient(a) for a in teacher_qkv)
     student_qkv = tuple(student_qkv)
     losses = {
-        name: jnp.asarray(get_relation(name)(teacher_qkv, student_qkv, attention_mask, ctx), jnp.float32)
+        name: jnp.asarray(
+            get_relation(name)(teacher_qkv, student_qkv, attention_mask, ctx), jnp.float32
+        )
         for name in relations
     }
     for name, value in losses.items():
         if value.shape != ():
-            raise ValueError(f"relation {name!r} returned shape {value.shape}; it must return a scalar")
+            raise ValueError(
+                f"relation {name!r} returned shape {value.shape}; it must return a scalar"
+            )
     return _weighted_total(losses, weights), losses
 
 
@@ -452,7 +479,9 @@ def _positive_int(what: str, value: Any, alternatives: str = "") -> int:
 
 def _pair_indices(pair: str) -> tuple[int, int]:
     if pair not in PAIR_NAMES:
-        raise ValueError(f"pair {pair!r} must be two letters of q/k/v, one of {', '.join(PAIR_NAMES)}")
+        raise ValueError(
+            f"pair {pair!r} must be two letters of q/k/v, one of {', '.join(PAIR_NAMES)}"
+        )
     return QKV_KINDS.index(pair[0]), QKV_KINDS.index(pair[1])
 
 
@@ -481,7 +510,9 @@ def _weighted_total(
     return sum((f * losses[n] for f, n in zip(factors, names)), jnp.zeros((), jnp.float32))
 
 
-def _check_divisible(what: str, heads_name: str, heads: int, teacher_width: int, student_width: int) -> None:
+def _check_divisible(
+    what: str, heads_name: str, heads: int, teacher_width: int, student_width: int
+) -> None:
     bad = {
         role: width
         for role, width in (("teacher", teacher_width), ("student", student_width))

@@ -49,14 +49,18 @@ def sweep_points(config_spec: str) -> list[tuple[str, dict[str, Any]]]:
     return points
 
 
-def point_config(base: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+def point_config(
+    base: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(base.to_dict())  # a deep, unlocked copy per point
     for dotted, value in overrides.items():
         set_field(config, dotted, value)
     return config
 
 
-def command_line(config_spec: str, workdir: str, overrides: dict[str, Any], argv: Sequence[str]) -> str:
+def command_line(
+    config_spec: str, workdir: str, overrides: dict[str, Any], argv: Sequence[str]
+) -> str:
     """The equivalent ``minilm_jax.main`` command for one point (for a cluster scheduler)."""
     passthrough = [a for a in argv if a.startswith("--config.")]
     own = [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
@@ -91,13 +95,15 @@ def summarize(root: str, names: Sequence[str]) -> list[dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             s = json.load(f)
         end, start = s.get("eval_end") or {}, s.get("eval_start") or {}
-        rows.append({
-            "name": name,
-            "status": "done",
-            "held_out_start": start.get("loss"),
-            "held_out_end": end.get("loss"),
-            "per_relation_end": {k[5:]: v for k, v in end.items() if k.startswith("loss/")},
-        })
+        rows.append(
+            {
+                "name": name,
+                "status": "done",
+                "held_out_start": start.get("loss"),
+                "held_out_end": end.get("loss"),
+                "per_relation_end": {k[5:]: v for k, v in end.items() if k.startswith("loss/")},
+            }
+        )
     with open(os.path.join(root, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2)
     table = markdown_table(rows)
@@ -117,7 +123,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             lines.append(f"| {r['name']} | | {r['status']} | |")
             continue
         per = ", ".join(f"{k} {v:.4f}" for k, v in r["per_relation_end"].items())
-        lines.append(f"| {r['name']} | {fmt(r['held_out_start'])} | {fmt(r['held_out_end'])} | {per} |")
+        lines.append(
+            f"| {r['name']} | {fmt(r['held_out_start'])} | {fmt(r['held_out_end'])} | {per} |"
+        )
     return "\n".join(lines)
 
 

@@ -68,12 +68,16 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
     if config.student.init not in STUDENT_INITS:
         _fail("student.init", config.student.init, f"allowed: {STUDENT_INITS}")
     if config.distill.implementation not in IMPLEMENTATIONS:
-        _fail("distill.implementation", config.distill.implementation, f"allowed: {IMPLEMENTATIONS}")
+        _fail(
+            "distill.implementation", config.distill.implementation, f"allowed: {IMPLEMENTATIONS}"
+        )
     for field in ("total_steps", "max_len", "log_every", "checkpoint_every", "grad_accum_steps"):
         if int(config[field]) <= 0:
             _fail(field, config[field], "must be a positive integer")
     if not 0 <= config.warmup_steps <= config.total_steps:
-        _fail("warmup_steps", config.warmup_steps, f"must be in 0..total_steps={config.total_steps}")
+        _fail(
+            "warmup_steps", config.warmup_steps, f"must be in 0..total_steps={config.total_steps}"
+        )
     parallel.check_batch_size(config.batch_size, "batch_size")
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     if config.batch_size % (config.grad_accum_steps * jax.device_count()):
@@ -105,7 +109,9 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
         return None
     path = resolve_teacher_path(config, workdir)
     if not path:
-        _fail("teacher.path", config.teacher.path, "set it to a local Hugging Face checkpoint folder")
+        _fail(
+            "teacher.path", config.teacher.path, "set it to a local Hugging Face checkpoint folder"
+        )
     try:
         teacher_cfg = hf.load_config(path)
     except (FileNotFoundError, ValueError) as e:
@@ -114,7 +120,9 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
     return teacher_cfg
 
 
-def validate_against_teacher(config: ml_collections.ConfigDict, teacher_cfg: TransformerConfig) -> None:
+def validate_against_teacher(
+    config: ml_collections.ConfigDict, teacher_cfg: TransformerConfig
+) -> None:
     """Checks that need the teacher's shape: its layer, relation heads, student widths."""
     if not 1 <= config.teacher.layer <= teacher_cfg.num_layers:
         _fail(
@@ -143,7 +151,9 @@ def validate_against_teacher(config: ml_collections.ConfigDict, teacher_cfg: Tra
         _check_teacher_init(config, teacher_cfg, student_cfg)
 
 
-def _check_teacher_init(config, teacher_cfg: TransformerConfig, student_cfg: TransformerConfig) -> None:
+def _check_teacher_init(
+    config, teacher_cfg: TransformerConfig, student_cfg: TransformerConfig
+) -> None:
     shape = ("hidden_size", "num_heads", "intermediate_size")
     mismatch = [f for f in shape if getattr(teacher_cfg, f) != getattr(student_cfg, f)]
     if mismatch:
@@ -154,7 +164,9 @@ def _check_teacher_init(config, teacher_cfg: TransformerConfig, student_cfg: Tra
             f"{[getattr(teacher_cfg, f) for f in mismatch]} vs student {[getattr(student_cfg, f) for f in mismatch]}",
         )
     layers = teacher_init_layers(config, teacher_cfg, student_cfg)
-    if len(layers) != student_cfg.num_layers or not all(0 <= i < teacher_cfg.num_layers for i in layers):
+    if len(layers) != student_cfg.num_layers or not all(
+        0 <= i < teacher_cfg.num_layers for i in layers
+    ):
         _fail(
             "student.init_layers",
             config.student.init_layers,
@@ -218,7 +230,9 @@ def _sync_hosts(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def init_student(config, student_cfg: TransformerConfig, teacher: Transformer, teacher_cfg) -> Transformer:
+def init_student(
+    config, student_cfg: TransformerConfig, teacher: Transformer, teacher_cfg
+) -> Transformer:
     student = Transformer(student_cfg, rngs=nnx.Rngs(config.seed))
     if config.student.init == "teacher":
         # Embeddings and a subset of layers copied from the teacher (widths checked equal).
@@ -328,7 +342,9 @@ def _split_micro_batches(batch: Mapping[str, jax.Array], n: int) -> dict[str, ja
     return {k: split(v) for k, v in batch.items()}
 
 
-def train_step(state: TrainState, batch, teacher_params, *, spec: StepSpec, tx, grad_accum_steps: int, schedule):
+def train_step(
+    state: TrainState, batch, teacher_params, *, spec: StepSpec, tx, grad_accum_steps: int, schedule
+):
     """One optimizer step. A non-finite loss or gradient leaves the state unchanged (the
     host stops the run when it sees ``finite == 0``), so no checkpoint ever holds NaNs."""
     rng, dropout_key = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -349,7 +365,11 @@ def train_step(state: TrainState, batch, teacher_params, *, spec: StepSpec, tx, 
 
         zeros = jax.tree.map(
             jnp.zeros_like,
-            (jnp.zeros((), jnp.float32), {name: jnp.zeros((), jnp.float32) for name in spec.relations}, state.params),
+            (
+                jnp.zeros((), jnp.float32),
+                {name: jnp.zeros((), jnp.float32) for name in spec.relations},
+                state.params,
+            ),
         )
         (loss, per_relation, grads), _ = jax.lax.scan(accumulate, zeros, (micro, keys))
         loss, per_relation, grads = jax.tree.map(
@@ -436,8 +456,13 @@ def setup_run(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Ru
     validate_against_teacher(config, teacher_cfg)
     student_cfg = make_student_config(config, teacher_cfg)
     student = init_student(config, student_cfg, teacher, teacher_cfg)
-    logging.info("teacher %s (layer %d of %d), student %s", teacher_path, config.teacher.layer,
-                 teacher_cfg.num_layers, student_cfg)
+    logging.info(
+        "teacher %s (layer %d of %d), student %s",
+        teacher_path,
+        config.teacher.layer,
+        teacher_cfg.num_layers,
+        student_cfg,
+    )
 
     mesh = mesh or parallel.make_mesh()
     teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
@@ -461,7 +486,11 @@ def setup_run(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Ru
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     step_fn = jax.jit(
         functools.partial(
-            train_step, spec=spec, tx=tx, grad_accum_steps=config.grad_accum_steps, schedule=schedule
+            train_step,
+            spec=spec,
+            tx=tx,
+            grad_accum_steps=config.grad_accum_steps,
+            schedule=schedule,
         ),
         in_shardings=(replicated, batch_sharding, replicated),
         out_shardings=(replicated, replicated),
@@ -531,8 +560,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = setup_run(config, workdir)
     mesh, teacher_params, state = run.mesh, run.teacher_params, run.state
     train_iter, eval_batches_fn = make_data(
-        config, run.tokenizer, run.teacher_cfg.family,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        config,
+        run.tokenizer,
+        run.teacher_cfg.family,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
 
     ckpt = checkpointing.Checkpointer(
@@ -558,7 +590,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         result = evaluate(run.eval_fn, state.params, teacher_params, eval_batches_fn(), mesh)
         writer.write(step, result, kind="eval")
         if jax.process_index() == 0:
-            per = " ".join(f"{k.removeprefix('loss/')} {v:.4f}" for k, v in result.items() if k != "loss")
+            per = " ".join(
+                f"{k.removeprefix('loss/')} {v:.4f}" for k, v in result.items() if k != "loss"
+            )
             print(f"eval step {step}: held-out loss {result['loss']:.4f} ({per})", flush=True)
         return result
 
@@ -592,7 +626,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 window[k] = window.get(k, 0.0) + float(v)
             window_steps += 1
             if step % config.log_every == 0 or step == config.total_steps:
-                means = {k: v / window_steps for k, v in window.items() if k not in ("finite", "tokens")}
+                means = {
+                    k: v / window_steps for k, v in window.items() if k not in ("finite", "tokens")
+                }
                 means["lr"] = float(m["lr"])
                 means.update(progress.report(step, means))
                 writer.write(step, means, kind="train")
@@ -600,7 +636,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     try:
         for step in range(start_step + 1, config.total_steps + 1):
-            state, step_metrics = run.step_fn(state, next_train_batch(train_iter, mesh), teacher_params)
+            state, step_metrics = run.step_fn(
+                state, next_train_batch(train_iter, mesh), teacher_params
+            )
             pending.append((step, step_metrics))
             drain(keep_last=1)
             preempted = _stop_requested(stop, ckpt, step, config)
@@ -642,7 +680,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return summary
 
 
-def _stop_requested(stop: checkpointing.StopSignal, ckpt: checkpointing.Checkpointer, step: int, config) -> bool:
+def _stop_requested(
+    stop: checkpointing.StopSignal, ckpt: checkpointing.Checkpointer, step: int, config
+) -> bool:
     """A SIGTERM on this host, or a preemption notice every host has reached. In multi-host
     runs the local flag is shared at log steps so that all hosts stop at the same step."""
     if jax.process_count() == 1:
@@ -657,7 +697,9 @@ def _stop_requested(stop: checkpointing.StopSignal, ckpt: checkpointing.Checkpoi
     return bool(np.any(flags))
 
 
-def export_student(params, graphdef, student_cfg: TransformerConfig, teacher_path: str, workdir: str) -> str:
+def export_student(
+    params, graphdef, student_cfg: TransformerConfig, teacher_path: str, workdir: str
+) -> str:
     """Writes the student (float32 config) with the teacher's tokenizer to WORKDIR/hf_student."""
     path = os.path.join(workdir, "hf_student")
     # Replicated arrays: this host's first shard is the whole value, even in multi-host runs.

@@ -148,9 +148,7 @@ def test_document_tokenizer_never_truncates_and_adds_no_special_tokens(bert_toke
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta"])
-def test_packing_fills_sequences_and_keeps_every_token(
-    family, bert_tokenizer, roberta_tokenizer
-):
+def test_packing_fills_sequences_and_keeps_every_token(family, bert_tokenizer, roberta_tokenizer):
     tokenizer = bert_tokenizer if family == "bert" else roberta_tokenizer
     special = D.special_token_ids(tokenizer, family)
     texts = SENTENCES + ["   ", " ".join(SENTENCES)]  # a blank document and a long one
@@ -193,12 +191,22 @@ def test_text_files_line_and_paragraph_formats(tmp_path):
     write(tmp_path / "empty.txt", "")
     lines = D.TextFileDocuments([a, b], "line")
     assert list(lines) == [
-        "First line.", "second   line", "third", "Para one", "wraps here.", "Para two.",
+        "First line.",
+        "second   line",
+        "third",
+        "Para one",
+        "wraps here.",
+        "Para two.",
         "Last para",
     ]
     paragraphs = D.TextFileDocuments([a, b], "paragraph")
     assert list(paragraphs) == [
-        "First line.", "second   line", "third", "Para one wraps here.", "Para two.", "Last para",
+        "First line.",
+        "second   line",
+        "third",
+        "Para one wraps here.",
+        "Para two.",
+        "Last para",
     ]
     assert paragraphs[-1] == "Last para"
     with pytest.raises(IndexError):
@@ -269,13 +277,25 @@ def make_word_files(tmp_path, n):
 
 def test_hosts_read_disjoint_shards_whose_union_is_the_training_split(tmp_path, word_tokenizer):
     path = make_word_files(tmp_path, 100)
-    cfg = {"text_files": path, "text_format": "line", "eval_every_kth_document": 10,
-           "num_epochs": 1, "prefetch_batches": 0}
+    cfg = {
+        "text_files": path,
+        "text_format": "line",
+        "eval_every_kth_document": 10,
+        "num_epochs": 1,
+        "prefetch_batches": 0,
+    }
     per_host = []
     for host in range(3):
         train, eval_fn = D.make_pretraining_datasets(
-            cfg, word_tokenizer, "bert", max_len=8, host_batch_size=1, eval_batch_size=2,
-            seed=5, process_index=host, process_count=3,
+            cfg,
+            word_tokenizer,
+            "bert",
+            max_len=8,
+            host_batch_size=1,
+            eval_batch_size=2,
+            seed=5,
+            process_index=host,
+            process_count=3,
         )
         per_host.append(documents_of_batches(list(train), word_tokenizer))
     training = [d for i, d in enumerate(word_docs(100)) if i % 10 != 0]
@@ -289,13 +309,23 @@ def test_hosts_read_disjoint_shards_whose_union_is_the_training_split(tmp_path, 
 
 def test_shuffle_is_deterministic_per_seed_and_reshuffles_each_epoch(tmp_path, word_tokenizer):
     path = make_word_files(tmp_path, 60)
-    cfg = {"text_files": path, "text_format": "line", "eval_every_kth_document": 0,
-           "num_epochs": 2, "prefetch_batches": 0}
+    cfg = {
+        "text_files": path,
+        "text_format": "line",
+        "eval_every_kth_document": 0,
+        "num_epochs": 2,
+        "prefetch_batches": 0,
+    }
 
     def order(seed, **overrides):
         train, _ = D.make_pretraining_datasets(
-            {**cfg, **overrides}, word_tokenizer, "bert", max_len=6, host_batch_size=1,
-            eval_batch_size=1, seed=seed,
+            {**cfg, **overrides},
+            word_tokenizer,
+            "bert",
+            max_len=6,
+            host_batch_size=1,
+            eval_batch_size=1,
+            seed=seed,
         )
         return documents_of_batches(list(train), word_tokenizer)
 
@@ -322,8 +352,12 @@ def assert_same_batches(a, b):
 def test_iterator_state_round_trip(tmp_path, word_tokenizer, prefetch_batches):
     # Documents of up to 7 tokens in chunks of 4: states fall inside documents.
     path = make_word_files(tmp_path, 50)
-    cfg = {"text_files": path, "text_format": "line", "eval_every_kth_document": 5,
-           "prefetch_batches": prefetch_batches}
+    cfg = {
+        "text_files": path,
+        "text_format": "line",
+        "eval_every_kth_document": 5,
+        "prefetch_batches": prefetch_batches,
+    }
 
     def make():
         train, _ = D.make_pretraining_datasets(
@@ -374,8 +408,13 @@ def test_iterator_checkpoint_with_orbax_manager(tmp_path, word_tokenizer):
 
 def test_training_batches_are_full_and_dropped_remainder(tmp_path, word_tokenizer):
     path = make_word_files(tmp_path, 40)
-    cfg = {"text_files": path, "text_format": "line", "eval_every_kth_document": 0,
-           "num_epochs": 1, "shuffle": False}
+    cfg = {
+        "text_files": path,
+        "text_format": "line",
+        "eval_every_kth_document": 0,
+        "num_epochs": 1,
+        "shuffle": False,
+    }
     train, eval_fn = D.make_pretraining_datasets(
         cfg, word_tokenizer, "bert", max_len=8, host_batch_size=4, eval_batch_size=2, seed=0
     )
@@ -396,8 +435,15 @@ def test_eval_batches_are_deterministic_padded_and_held_out(tmp_path, word_token
     hosts = []
     for host in range(2):
         _, eval_fn = D.make_pretraining_datasets(
-            cfg, word_tokenizer, "bert", max_len=8, host_batch_size=2, eval_batch_size=4,
-            seed=0, process_index=host, process_count=2,
+            cfg,
+            word_tokenizer,
+            "bert",
+            max_len=8,
+            host_batch_size=2,
+            eval_batch_size=4,
+            seed=0,
+            process_index=host,
+            process_count=2,
         )
         first, second = list(eval_fn()), list(eval_fn())
         assert_same_batches(first, second)
@@ -421,14 +467,24 @@ def test_eval_batches_are_deterministic_padded_and_held_out(tmp_path, word_token
             assert (row["token_type_ids"] == 0).all()
     # The held-out documents never reach training.
     train, _ = D.make_pretraining_datasets(
-        {**cfg, "num_epochs": 1}, word_tokenizer, "bert", max_len=8, host_batch_size=1,
-        eval_batch_size=4, seed=0,
+        {**cfg, "num_epochs": 1},
+        word_tokenizer,
+        "bert",
+        max_len=8,
+        host_batch_size=1,
+        eval_batch_size=4,
+        seed=0,
     )
     assert not set(documents_of_batches(list(train), word_tokenizer)) & set(held_out)
     # max_eval_batches caps every host at the same number of batches.
     _, eval_fn = D.make_pretraining_datasets(
-        {**cfg, "max_eval_batches": 1}, word_tokenizer, "bert", max_len=8, host_batch_size=2,
-        eval_batch_size=4, seed=0,
+        {**cfg, "max_eval_batches": 1},
+        word_tokenizer,
+        "bert",
+        max_len=8,
+        host_batch_size=2,
+        eval_batch_size=4,
+        seed=0,
     )
     (only,) = list(eval_fn())
     assert content_stream([{k: only[k][r] for k in KEYS} for r in range(4)], special) == sum(
@@ -480,8 +536,15 @@ def test_validate_data_config_errors(overrides, message):
     ],
 )
 def test_make_pretraining_datasets_argument_errors(word_tokenizer, kwargs, message):
-    args = dict(family="bert", max_len=8, host_batch_size=2, eval_batch_size=2, seed=0,
-                process_index=0, process_count=2)
+    args = dict(
+        family="bert",
+        max_len=8,
+        host_batch_size=2,
+        eval_batch_size=2,
+        seed=0,
+        process_index=0,
+        process_count=2,
+    )
     args.update(kwargs)
     family = args.pop("family")
     with pytest.raises(ValueError, match=message):
@@ -489,12 +552,22 @@ def test_make_pretraining_datasets_argument_errors(word_tokenizer, kwargs, messa
 
 
 def test_too_few_documents_for_the_hosts(tmp_path, word_tokenizer):
-    cfg = {"text_files": make_word_files(tmp_path, 3), "text_format": "line",
-           "eval_every_kth_document": 0}
+    cfg = {
+        "text_files": make_word_files(tmp_path, 3),
+        "text_format": "line",
+        "eval_every_kth_document": 0,
+    }
     with pytest.raises(ValueError, match="host 3 of 4 gets no training documents"):
         D.make_pretraining_datasets(
-            cfg, word_tokenizer, "bert", max_len=8, host_batch_size=1, eval_batch_size=1,
-            seed=0, process_index=3, process_count=4,
+            cfg,
+            word_tokenizer,
+            "bert",
+            max_len=8,
+            host_batch_size=1,
+            eval_batch_size=1,
+            seed=0,
+            process_index=3,
+            process_count=4,
         )
 
 
@@ -504,22 +577,31 @@ def test_too_few_documents_for_the_hosts(tmp_path, word_tokenizer):
 def test_tfds_source_with_mock_data(tmp_path, word_tokenizer, bert_tokenizer):
     tfds = pytest.importorskip("tensorflow_datasets")
     assert D.parse_tfds_spec("wikipedia/20230601.en:1.0.0:text") == (
-        "wikipedia/20230601.en:1.0.0", "text"
+        "wikipedia/20230601.en:1.0.0",
+        "text",
     )
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
         mock = tfds.data_source("wikipedia/20230601.en", split="train")
         texts = [mock[i]["text"] for i in range(len(mock))]
         titles = [mock[i]["title"] for i in range(len(mock))]
         files = make_word_files(tmp_path, 4)
-        docs = D.load_documents({
-            "text_files": files, "text_format": "line",
-            "tfds_sources": "wikipedia/20230601.en:text, wikipedia/20230601.en:title",
-        })
+        docs = D.load_documents(
+            {
+                "text_files": files,
+                "text_format": "line",
+                "tfds_sources": "wikipedia/20230601.en:text, wikipedia/20230601.en:title",
+            }
+        )
         assert list(docs) == word_docs(4) + [t.strip() for t in texts + titles]
 
         train, eval_fn = D.make_pretraining_datasets(
             {"tfds_sources": "wikipedia/20230601.en:text", "eval_every_kth_document": 3},
-            bert_tokenizer, "bert", max_len=16, host_batch_size=2, eval_batch_size=2, seed=0,
+            bert_tokenizer,
+            "bert",
+            max_len=16,
+            host_batch_size=2,
+            eval_batch_size=2,
+            seed=0,
         )
         batch = next(train)
         assert batch["input_ids"].shape == (2, 16) and (batch["input_ids"][:, 0] == 101).all()

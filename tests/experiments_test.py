@@ -26,11 +26,19 @@ PAPER_ROWS = [e for e in DISTILLATION_EXPERIMENTS if e not in ("quickstart.py", 
 
 
 def test_the_paper_rows_are_all_there():
-    assert sorted(PAPER_ROWS) == sorted([
-        "bert_base_6x384.py", "bert_base_6x768.py", "bert_large_6x384.py", "bert_large_6x768.py",
-        "roberta_large_12x384.py", "roberta_large_6x768.py", "roberta_large_6x384.py",
-        "xlmr_large_12x384.py", "xlmr_large_6x384.py",
-    ])
+    assert sorted(PAPER_ROWS) == sorted(
+        [
+            "bert_base_6x384.py",
+            "bert_base_6x768.py",
+            "bert_large_6x384.py",
+            "bert_large_6x768.py",
+            "roberta_large_12x384.py",
+            "roberta_large_6x768.py",
+            "roberta_large_6x384.py",
+            "xlmr_large_12x384.py",
+            "xlmr_large_6x384.py",
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,10 +58,20 @@ def test_the_paper_rows_are_all_there():
 def test_paper_settings(name, teacher, layer, heads, student):
     c = configs.load_experiment(os.path.join(REPO, "experiments", name))
     assert c.teacher.path.endswith(teacher)
-    assert (c.teacher.layer, c.distill.num_relation_heads, c.student.spec) == (layer, heads, student)
+    assert (c.teacher.layer, c.distill.num_relation_heads, c.student.spec) == (
+        layer,
+        heads,
+        student,
+    )
     assert tuple(c.distill.relations) == ("qq", "kk", "vv")
     assert (c.max_len, c.batch_size, c.total_steps, c.warmup_steps) == (512, 1024, 400_000, 4000)
-    assert (c.learning_rate, c.adam_b1, c.adam_b2, c.adam_eps, c.weight_decay) == (6e-4, 0.9, 0.999, 1e-6, 0.01)
+    assert (c.learning_rate, c.adam_b1, c.adam_b2, c.adam_eps, c.weight_decay) == (
+        6e-4,
+        0.9,
+        0.999,
+        1e-6,
+        0.01,
+    )
     assert c.student.num_heads == 12 and c.student.intermediate_size is None  # FFN = 4 x hidden
     assert c.student.dropout == 0.1 and c.student.init == "random"
     if teacher.startswith("bert"):
@@ -98,7 +116,7 @@ def test_smoke_variant_trains_and_resumes(name, tiny_teachers, tmp_path, monkeyp
     assert os.path.exists(os.path.join(second["hf_student"], "model.safetensors"))
 
 
-SWEEP_FILE = '''
+SWEEP_FILE = """
 from minilm_jax import configs
 
 def get_config(arg=None):
@@ -106,7 +124,7 @@ def get_config(arg=None):
 
 def sweep(arg=None):
     return [("heads-2", {{"distill.num_relation_heads": 2}}), ("layer-3", {{"teacher.layer": 3}})]
-'''
+"""
 
 
 def test_sweep_of_two_configs_runs_and_summarises(tmp_path):
@@ -115,9 +133,22 @@ def test_sweep_of_two_configs_runs_and_summarises(tmp_path):
     root = tmp_path / "sweep"
     env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}
     proc = subprocess.run(
-        [sys.executable, "-m", "minilm_jax.sweep", "--config", str(exp), "--workdir", str(root),
-         "--config.plots=False", "--config.total_steps=3"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "minilm_jax.sweep",
+            "--config",
+            str(exp),
+            "--workdir",
+            str(root),
+            "--config.plots=False",
+            "--config.total_steps=3",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((root / "summary.json").read_text())
@@ -140,7 +171,7 @@ def test_ablation_sweeps_cover_the_paper():
     assert {("qq",), ("kk",), ("vv",), ("qq", "kk"), ("qq", "vv"), ("kk", "vv")} <= set(pairs)
     layers = [o["teacher.layer"] for _, o in module.sweep("ablation=teacher_layer")]
     assert layers == list(range(1, 13))
-    for name, overrides in module.sweep("ablation=relation_heads"):
+    for _, overrides in module.sweep("ablation=relation_heads"):
         assert 768 % overrides["distill.num_relation_heads"] == 0
         assert 384 % overrides["distill.num_relation_heads"] == 0
     shapes = [o["student.spec"] for _, o in module.sweep("ablation=student_shape")]
@@ -159,4 +190,7 @@ def test_sweep_prints_cluster_commands(tmp_path):
     base = configs.load_experiment(spec)
     (arg,) = [a for a in shlex.split(cmd) if a.startswith("--config.distill.relations=")]
     value = arg.split("=", 1)[1]
-    assert sweep.point_config(base, {"distill.relations": eval(value)}).distill.relations == points[2][1]["distill.relations"]
+    assert (
+        sweep.point_config(base, {"distill.relations": eval(value)}).distill.relations
+        == points[2][1]["distill.relations"]
+    )

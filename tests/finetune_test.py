@@ -54,8 +54,12 @@ def test_classification_metrics_match_sklearn(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, 200)
     predictions = np.where(rng.random(200) < 0.7, labels, 1 - labels)
-    assert glue.accuracy(predictions, labels) == pytest.approx(sklearn.metrics.accuracy_score(labels, predictions))
-    assert glue.f1_binary(predictions, labels) == pytest.approx(sklearn.metrics.f1_score(labels, predictions))
+    assert glue.accuracy(predictions, labels) == pytest.approx(
+        sklearn.metrics.accuracy_score(labels, predictions)
+    )
+    assert glue.f1_binary(predictions, labels) == pytest.approx(
+        sklearn.metrics.f1_score(labels, predictions)
+    )
     assert glue.matthews_corrcoef(predictions, labels) == pytest.approx(
         sklearn.metrics.matthews_corrcoef(labels, predictions), abs=1e-12
     )
@@ -80,8 +84,16 @@ def test_metric_edge_cases_match_sklearn():
             )
         # No positive anywhere: F1 is 0, MCC 0 (constant labels and predictions).
         zeros = np.zeros(8, int)
-        assert glue.f1_binary(zeros, zeros) == sklearn.metrics.f1_score(zeros, zeros, zero_division=0.0) == 0.0
-        assert glue.matthews_corrcoef(zeros, zeros) == sklearn.metrics.matthews_corrcoef(zeros, zeros) == 0.0
+        assert (
+            glue.f1_binary(zeros, zeros)
+            == sklearn.metrics.f1_score(zeros, zeros, zero_division=0.0)
+            == 0.0
+        )
+        assert (
+            glue.matthews_corrcoef(zeros, zeros)
+            == sklearn.metrics.matthews_corrcoef(zeros, zeros)
+            == 0.0
+        )
     assert glue.matthews_corrcoef(labels, labels) == 1.0
     assert glue.matthews_corrcoef(1 - labels, labels) == -1.0
     with pytest.raises(ValueError, match="equal length"):
@@ -92,8 +104,12 @@ def test_correlations_match_scipy():
     rng = np.random.default_rng(0)
     gold = rng.uniform(0, 5, 120)  # float64: SciPy computes in the input's precision
     scores = gold + rng.normal(0, 1.5, 120)
-    assert glue.pearson(scores, gold) == pytest.approx(scipy.stats.pearsonr(scores, gold)[0], abs=1e-10)
-    assert glue.spearman(scores, gold) == pytest.approx(scipy.stats.spearmanr(scores, gold)[0], abs=1e-10)
+    assert glue.pearson(scores, gold) == pytest.approx(
+        scipy.stats.pearsonr(scores, gold)[0], abs=1e-10
+    )
+    assert glue.spearman(scores, gold) == pytest.approx(
+        scipy.stats.spearmanr(scores, gold)[0], abs=1e-10
+    )
     # Ties (STS-B gold scores repeat): average ranks.
     tied_gold = np.round(gold)
     tied_scores = np.round(scores * 2) / 2
@@ -112,8 +128,14 @@ def test_correlations_match_scipy():
 def test_mnli_metrics_per_dev_split():
     task = glue.get_task("MNLI")
     assert task.metric_names == ("matched_accuracy", "mismatched_accuracy")
-    labels = {"validation_matched": np.array([0, 1, 2, 2]), "validation_mismatched": np.array([2, 1, 0])}
-    preds = {"validation_matched": np.array([0, 1, 2, 0]), "validation_mismatched": np.array([2, 0, 1])}
+    labels = {
+        "validation_matched": np.array([0, 1, 2, 2]),
+        "validation_mismatched": np.array([2, 1, 0]),
+    }
+    preds = {
+        "validation_matched": np.array([0, 1, 2, 0]),
+        "validation_mismatched": np.array([2, 0, 1]),
+    }
     got = task.compute_metrics(preds, labels)
     assert got == pytest.approx({"matched_accuracy": 0.75, "mismatched_accuracy": 1 / 3})
     assert task.score(got) == pytest.approx((0.75 + 1 / 3) / 2)
@@ -153,12 +175,16 @@ def test_pair_encoding_matches_tokenizers_library(family, tmp_path):
         texts_a = [_words(rng, la) for la, _ in lengths]
         texts_b = [_words(rng, lb) for _, lb in lengths]
         labels = np.zeros(len(lengths))
-        pairs = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a), tuple(texts_b)), labels))
+        pairs = glue.encode_examples(
+            reference, encoder, glue.Examples((tuple(texts_a), tuple(texts_b)), labels)
+        )
         singles = glue.encode_examples(reference, encoder, glue.Examples((tuple(texts_a),), labels))
         reference.enable_truncation(max_len, strategy="longest_first")
         for i, (a, b) in enumerate(zip(texts_a, texts_b)):
             want = reference.encode(a, b)
-            np.testing.assert_array_equal(pairs.input_ids[i], want.ids, err_msg=f"{family} {max_len} {a!r} {b!r}")
+            np.testing.assert_array_equal(
+                pairs.input_ids[i], want.ids, err_msg=f"{family} {max_len} {a!r} {b!r}"
+            )
             np.testing.assert_array_equal(pairs.token_type_ids[i], want.type_ids)
             want = reference.encode(a)
             np.testing.assert_array_equal(singles.input_ids[i], want.ids)
@@ -182,8 +208,16 @@ def test_pair_encoding_matches_transformers_on_real_vocabulary():
 
     reference = transformers.AutoTokenizer.from_pretrained(MODEL_DIR)
     tokenizer = hf.load_tokenizer(MODEL_DIR)
-    a = ("A man is playing a large flute.", "Distillation compresses pretrained transformers a lot.", "Hi.")
-    b = ("A man is playing a flute.", "Short.", "Multi-head self-attention relations are what the student learns here.")
+    a = (
+        "A man is playing a large flute.",
+        "Distillation compresses pretrained transformers a lot.",
+        "Hi.",
+    )
+    b = (
+        "A man is playing a flute.",
+        "Short.",
+        "Multi-head self-attention relations are what the student learns here.",
+    )
     for max_len in (8, 11, 24, 128):
         encoder = glue.PairEncoder.for_tokenizer(tokenizer, "bert", 0, max_len)
         got = glue.encode_examples(tokenizer, encoder, glue.Examples((a, b), np.zeros(3)))
@@ -228,24 +262,35 @@ def test_optimizer_matches_torch_adamw_with_linear_warmup():
     config.weight_decay = 0.1  # large enough to see
     tx = finetune.make_optimizer(dict(finetune.optimizer_settings(config)))
     rng = np.random.default_rng(0)
-    init = {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3), "scale": 1 + rng.normal(size=3)}
+    init = {
+        "kernel": rng.normal(size=(4, 3)),
+        "bias": rng.normal(size=3),
+        "scale": 1 + rng.normal(size=3),
+    }
     params = {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in init.items()}
     opt_state = tx.init(params)
     schedule = jax.numpy.asarray([1e-2, 2, 7], jax.numpy.float32)  # peak, warmup, total
 
     theirs = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float32)) for k, v in init.items()}
     optimizer = torch.optim.AdamW(
-        [{"params": [theirs["kernel"]], "weight_decay": 0.1},
-         {"params": [theirs["bias"], theirs["scale"]], "weight_decay": 0.0}],
-        lr=1e-2, betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps,
+        [
+            {"params": [theirs["kernel"]], "weight_decay": 0.1},
+            {"params": [theirs["bias"], theirs["scale"]], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        betas=(config.adam_b1, config.adam_b2),
+        eps=config.adam_eps,
     )
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, 2, 7)
     update = jax.jit(functools.partial(finetune.optimizer_update, tx=tx))
     for step in range(7):
         grads = {k: rng.normal(size=v.shape) * (3.0 if step % 2 else 0.1) for k, v in init.items()}
         params, opt_state, lr = update(
-            params, {k: jax.numpy.asarray(g, jax.numpy.float32) for k, g in grads.items()}, opt_state,
-            jax.numpy.asarray(step, jax.numpy.int32), schedule,
+            params,
+            {k: jax.numpy.asarray(g, jax.numpy.float32) for k, g in grads.items()},
+            opt_state,
+            jax.numpy.asarray(step, jax.numpy.int32),
+            schedule,
         )
         assert float(lr) == pytest.approx(scheduler.get_last_lr()[0], rel=1e-6, abs=1e-12)
         for k, g in grads.items():
@@ -254,7 +299,9 @@ def test_optimizer_matches_torch_adamw_with_linear_warmup():
         optimizer.step()
         scheduler.step()
         for k in init:
-            np.testing.assert_allclose(np.asarray(params[k]), theirs[k].detach().numpy(), rtol=2e-6, atol=2e-6)
+            np.testing.assert_allclose(
+                np.asarray(params[k]), theirs[k].detach().numpy(), rtol=2e-6, atol=2e-6
+            )
     assert not np.allclose(np.asarray(params["kernel"]), init["kernel"], atol=1e-3)
 
 
@@ -270,8 +317,11 @@ def _torch_classifier(folder, model: finetune.Classifier, num_labels: int):
         folder, num_labels=num_labels
     ).eval()
     params = {path: np.array(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    pairs = [("out", reference.classifier)] if model.head == "pooler" else [
-        ("dense", reference.classifier.dense), ("out", reference.classifier.out_proj)]
+    pairs = (
+        [("out", reference.classifier)]
+        if model.head == "pooler"
+        else [("dense", reference.classifier.dense), ("out", reference.classifier.out_proj)]
+    )
     with torch.no_grad():
         for ours, theirs in pairs:
             theirs.weight.copy_(torch.from_numpy(params[(ours, "kernel")].T.copy()))
@@ -283,10 +333,15 @@ def _torch_logits(reference, input_ids, token_type_ids) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return reference(
-            input_ids=torch.as_tensor(np.asarray(input_ids)[None], dtype=torch.long),
-            token_type_ids=torch.as_tensor(np.asarray(token_type_ids)[None], dtype=torch.long),
-        ).logits[0].double().numpy()
+        return (
+            reference(
+                input_ids=torch.as_tensor(np.asarray(input_ids)[None], dtype=torch.long),
+                token_type_ids=torch.as_tensor(np.asarray(token_type_ids)[None], dtype=torch.long),
+            )
+            .logits[0]
+            .double()
+            .numpy()
+        )
 
 
 def test_bert_head_and_batched_prediction_match_transformers(sst2_sweep):
@@ -302,11 +357,16 @@ def test_bert_head_and_batched_prediction_match_transformers(sst2_sweep):
     state = finetuner.init_state(1e-3, 10, seed=3)
     got = finetuner.predict(state.params, data.evals["validation"])
     reference = _torch_classifier(
-        os.path.join(workdir, "tiny_student"), finetune.init_model(student, 2, dropout=0.1, seed=3), 2
+        os.path.join(workdir, "tiny_student"),
+        finetune.init_model(student, 2, dropout=0.1, seed=3),
+        2,
     )
     encoded = data.evals["validation"]
     want = np.stack(
-        [_torch_logits(reference, ids, types) for ids, types in zip(encoded.input_ids, encoded.token_type_ids)]
+        [
+            _torch_logits(reference, ids, types)
+            for ids, types in zip(encoded.input_ids, encoded.token_type_ids)
+        ]
     )
     assert len(set(encoded.lengths.tolist())) > 3  # ragged: padding and sorting matter
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
@@ -320,7 +380,9 @@ def test_roberta_head_matches_transformers(tmp_path):
     assert student.head == "cls" and student.config.hidden_dropout == 0.1
     model = finetune.init_model(student, 3, dropout=0.1, seed=0)
     reference = _torch_classifier(str(tmp_path), model, 3)
-    ids, mask, types = hf_fixtures.ragged_batch("roberta", [9, 4, 12], 12, vocab_size=student.config.vocab_size)
+    ids, mask, types = hf_fixtures.ragged_batch(
+        "roberta", [9, 4, 12], 12, vocab_size=student.config.vocab_size
+    )
     got = np.asarray(nnx.jit(lambda m, *inputs: m(*inputs))(model, ids, mask, types))
     for row in range(3):
         n = int(mask[row].sum())
@@ -345,14 +407,18 @@ def test_sst2_end_to_end_metrics_match_sklearn(sst2_sweep):
         labels, predictions = run.labels["validation"], run.predictions["validation"]
         assert len(labels) == len(predictions) == 48
         np.testing.assert_array_equal(predictions, np.argmax(run.logits["validation"], -1))
-        assert run.record["metrics"]["accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(labels, predictions))
+        assert run.record["metrics"]["accuracy"] == pytest.approx(
+            sklearn.metrics.accuracy_score(labels, predictions)
+        )
         assert run.record["steps"] == 3 and math.isfinite(run.record["final_train_loss"])
     # The dev labels are the mock dataset's, read independently through TFDS here.
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
         source = tfds.data_source("glue/sst2", split="validation")
-        np.testing.assert_array_equal(result.runs[0].labels["validation"], [int(source[i]["label"]) for i in range(48)])
+        np.testing.assert_array_equal(
+            result.runs[0].labels["validation"], [int(source[i]["label"]) for i in range(48)]
+        )
     saved = np.load(os.path.join(workdir, "runs", "lr0.001_ep1_seed0", "predictions.npz"))
     np.testing.assert_array_equal(saved["validation/logits"], result.runs[0].logits["validation"])
     for name in ("config.json", "summary.json", "summary.md", "tiny_student/tokenizer.json"):
@@ -370,7 +436,9 @@ def test_sweep_summary_from_results_file(sst2_sweep):
         summary = json.load(f)
     for point in summary["points"]:
         runs = [r for r in records if r["learning_rate"] == point["learning_rate"]]
-        assert point["mean"]["accuracy"] == pytest.approx(np.mean([r["metrics"]["accuracy"] for r in runs]))
+        assert point["mean"]["accuracy"] == pytest.approx(
+            np.mean([r["metrics"]["accuracy"] for r in runs])
+        )
         assert point["best"]["score"] == max(r["score"] for r in runs)
     assert summary["best_run"]["score"] == max(r["score"] for r in records)
     assert result.markdown.count("\n| ") == 3  # header + 2 points
@@ -381,11 +449,17 @@ def test_sweep_summary_from_results_file(sst2_sweep):
 def test_summary_mean_and_best_over_seeds():
     task = glue.get_task("mrpc")
     rec = lambda lr, ep, seed, f1, acc: dict(  # noqa: E731
-        learning_rate=lr, epochs=ep, seed=seed, metrics=dict(f1=f1, accuracy=acc), score=(f1 + acc) / 2
+        learning_rate=lr,
+        epochs=ep,
+        seed=seed,
+        metrics=dict(f1=f1, accuracy=acc),
+        score=(f1 + acc) / 2,
     )
     records = [
-        rec(1e-4, 3, 0, 0.80, 0.70), rec(1e-4, 3, 1, 0.90, 0.86),
-        rec(5e-5, 3, 0, 0.88, 0.84), rec(5e-5, 3, 1, 0.87, 0.85),
+        rec(1e-4, 3, 0, 0.80, 0.70),
+        rec(1e-4, 3, 1, 0.90, 0.86),
+        rec(5e-5, 3, 0, 0.88, 0.84),
+        rec(5e-5, 3, 1, 0.87, 0.85),
         rec(5e-5, 5, 0, float("nan"), 0.5),
     ]
     summary = finetune.summarize(records, task)
@@ -409,7 +483,9 @@ def test_learning_check_gradients_reach_head_and_encoder(sst2_sweep):
     config = smoke_config()
     student = finetune.load_student(os.path.join(workdir, "tiny_student"), head=config.head)
     cfg = student.config
-    encoder = glue.PairEncoder.for_tokenizer(student.tokenizer, cfg.family, cfg.pad_token_id, config.max_len)
+    encoder = glue.PairEncoder.for_tokenizer(
+        student.tokenizer, cfg.family, cfg.pad_token_id, config.max_len
+    )
     marker, rng = 7, np.random.default_rng(0)
 
     def synthetic(n):
@@ -419,7 +495,12 @@ def test_learning_check_gradients_reach_head_and_encoder(sst2_sweep):
             if label:
                 tokens[rng.integers(len(tokens))] = marker
             ids.append(encoder.encode(list(tokens))[0])
-        return glue.Encoded(tuple(ids), tuple(np.zeros_like(x) for x in ids), labels, np.array([len(x) for x in ids]))
+        return glue.Encoded(
+            tuple(ids),
+            tuple(np.zeros_like(x) for x in ids),
+            labels,
+            np.array([len(x) for x in ids]),
+        )
 
     data = finetune.TaskData(glue.get_task("sst2"), synthetic(256), {"validation": synthetic(96)})
     finetuner = finetune.Finetuner(config, student, data)
@@ -433,7 +514,9 @@ def test_learning_check_gradients_reach_head_and_encoder(sst2_sweep):
     after = {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(result.params)}
     assert set(before) == set(after)
     moved = {path: float(np.max(np.abs(after[path] - before[path]))) for path in before}
-    vectors = {path: m for path, m in moved.items() if path[0] == "encoder" and before[path].ndim == 1}
+    vectors = {
+        path: m for path, m in moved.items() if path[0] == "encoder" and before[path].ndim == 1
+    }
     assert len(vectors) > 10 and all(m > 0 for m in vectors.values()), vectors
     assert moved[("out", "kernel")] > 0 and moved[("encoder", "pooler", "dense", "kernel")] > 0
 
@@ -446,8 +529,12 @@ def test_stsb_regression_end_to_end_matches_scipy(tmp_path):
     scores, gold = run.predictions["validation"], run.labels["validation"]
     assert scores.dtype == np.float32 and gold.dtype == np.float32 and len(scores) == 48
     np.testing.assert_array_equal(scores, run.logits["validation"][:, 0])
-    assert run.record["metrics"]["pearson"] == pytest.approx(scipy.stats.pearsonr(scores, gold)[0], abs=1e-6)
-    assert run.record["metrics"]["spearman"] == pytest.approx(scipy.stats.spearmanr(scores, gold)[0], abs=1e-6)
+    assert run.record["metrics"]["pearson"] == pytest.approx(
+        scipy.stats.pearsonr(scores, gold)[0], abs=1e-6
+    )
+    assert run.record["metrics"]["spearman"] == pytest.approx(
+        scipy.stats.spearmanr(scores, gold)[0], abs=1e-6
+    )
     assert result.summary["metric_names"] == ["pearson", "spearman"]
 
 
@@ -467,18 +554,30 @@ def test_reads_a_real_array_record_glue_dataset(tmp_path):
     import tensorflow_datasets as tfds
 
     rows = {
-        "train": [("A dog runs.", "An animal moves.", "entailment"), ("A cat sleeps.", "It runs.", "not_entailment")],
-        "dev": [("It rains.", "Water falls.", "entailment"), ("He sings.", "He is silent.", "not_entailment"),
-                ("Ça va?", "Oui.", "entailment")],
+        "train": [
+            ("A dog runs.", "An animal moves.", "entailment"),
+            ("A cat sleeps.", "It runs.", "not_entailment"),
+        ],
+        "dev": [
+            ("It rains.", "Water falls.", "entailment"),
+            ("He sings.", "He is silent.", "not_entailment"),
+            ("Ça va?", "Oui.", "entailment"),
+        ],
     }
     source = tmp_path / "src"
     (source / "RTE").mkdir(parents=True)
     for split, examples in rows.items():
-        lines = ["index\tsentence1\tsentence2\tlabel"] + [f"{i}\t{a}\t{b}\t{c}" for i, (a, b, c) in enumerate(examples)]
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [
+            f"{i}\t{a}\t{b}\t{c}" for i, (a, b, c) in enumerate(examples)
+        ]
         (source / "RTE" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (source / "RTE" / "test.tsv").write_text("index\tsentence1\tsentence2\n0\tX.\tY.\n", encoding="utf-8")
+    (source / "RTE" / "test.tsv").write_text(
+        "index\tsentence1\tsentence2\n0\tX.\tY.\n", encoding="utf-8"
+    )
     data_dir = str(tmp_path / "tfds")
-    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract", lambda self, url: str(source)):
+    with mock.patch.object(
+        tfds.download.DownloadManager, "download_and_extract", lambda self, url: str(source)
+    ):
         tfds.builder("glue/rte", data_dir=data_dir).download_and_prepare(file_format="array_record")
 
     task = glue.get_task("rte")
@@ -498,7 +597,11 @@ def test_experiment_config_grid_and_smoke():
     assert default.task == "sst2" and len(finetune.sweep_points(default)) == 18
     assert (default.dropout, default.warmup_fraction, default.weight_decay) == (0.1, 0.1, 0.01)
     smoke = glue_config("smoke,task=qqp,family=roberta")
-    assert (smoke.task, smoke.tiny_student_family, smoke.tfds_mock_examples) == ("qqp", "roberta", 48)
+    assert (smoke.task, smoke.tiny_student_family, smoke.tfds_mock_examples) == (
+        "qqp",
+        "roberta",
+        48,
+    )
     assert finetune.validate_config(smoke).name == "qqp"
     with pytest.raises(ValueError, match="Unknown config argument 'lr'"):
         glue_config("lr=3")
@@ -530,16 +633,24 @@ def test_student_path_errors(tmp_path):
     with pytest.raises(ValueError, match=r"config.head='mean'.*allowed"):
         finetune.validate_config(config)
     config.head, config.batch_size = "auto", 12
-    with pytest.raises(ValueError, match=r"config.batch_size=12 must be a positive multiple of the number of devices"):
+    with pytest.raises(
+        ValueError,
+        match=r"config.batch_size=12 must be a positive multiple of the number of devices",
+    ):
         finetune.validate_config(config)
 
 
 def test_unprepared_tfds_dataset_says_how_to_build(tmp_path):
-    with pytest.raises(ValueError, match=r"cannot open TFDS dataset 'glue/rte' split 'validation'.*it is not "
-                       r"prepared in .*glue/rte/") as error:
+    with pytest.raises(
+        ValueError,
+        match=r"cannot open TFDS dataset 'glue/rte' split 'validation'.*it is not "
+        r"prepared in .*glue/rte/",
+    ) as error:
         glue.read_split(glue.get_task("rte"), "validation", data_dir=str(tmp_path))
     command = glue.prepare_command("rte", str(tmp_path))
-    assert command in str(error.value) and "tfds build glue/rte --file_format=array_record" in str(error.value)
+    assert command in str(error.value) and "tfds build glue/rte --file_format=array_record" in str(
+        error.value
+    )
     assert f"tfds.builder('glue/rte', data_dir='{tmp_path}')" in command
 
 
@@ -553,9 +664,19 @@ def test_unlabelled_test_split_is_refused():
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "minilm_jax.finetune", "--config", "experiments/glue.py:task=sst3",
-         "--workdir", str(tmp_path)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "minilm_jax.finetune",
+            "--config",
+            "experiments/glue.py:task=sst3",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

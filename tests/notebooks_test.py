@@ -1,9 +1,8 @@
 """The notebooks, executed end to end with small parameters in a kernel of this interpreter,
 and ``minilm_jax.inspection`` against an independent float64 NumPy reference.
 
-The prototype notebook runs first (module fixture): it distils the real teacher for a few
-steps with its own relation, and its exported student is what the inspection notebook looks
-at. Numbers the notebooks save are checked against NumPy written here, not against the
+The prototype notebook runs first: it distils the real teacher for a few steps with its own
+relation, and its exported student is what the inspection notebook looks at. Numbers the notebooks save are checked against NumPy written here, not against the
 notebooks' own code.
 """
 
@@ -89,17 +88,6 @@ def images(nb):
             if "image/png" in o.get("data", {})]
 
 
-@pytest.fixture(scope="module")
-def prototype(kernel, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("prototype_cwd")
-    workdir = str(tmp_path_factory.mktemp("prototype_run"))
-    nb = execute(PROTOTYPE, cwd, kernel, STEPS=PROTOTYPE_STEPS, BATCH_SIZE=8, MAX_LEN=32,
-                 LOG_EVERY=1, EVAL_BATCHES=1, WORKDIR=workdir)
-    with open(os.path.join(workdir, "prototype_results.json")) as f:
-        results = json.load(f)
-    return nb, workdir, results
-
-
 # --------------------------------------------------------------------------- NumPy references
 # Written from PAPER.md, "The method": padded tokens are deleted (not masked), per relation
 # head loops, float64.
@@ -164,8 +152,29 @@ def test_notebooks_are_saved_clean_and_autoreload(path):
     assert any(c.cell_type == "markdown" for c in nb.cells)
 
 
-def test_prototype_relation_against_numpy_and_qq(prototype):
-    _, workdir, results = prototype
+def test_prototype_then_inspect_notebooks(kernel, tmp_path):
+    """One test, not three sharing a fixture: under pytest-xdist a module fixture would run
+    the prototype's distillation once per worker."""
+    workdir = str(tmp_path / "prototype_run")
+    nb = execute(PROTOTYPE, tmp_path, kernel, STEPS=PROTOTYPE_STEPS, BATCH_SIZE=8, MAX_LEN=32,
+                 LOG_EVERY=1, EVAL_BATCHES=1, WORKDIR=workdir)
+    with open(os.path.join(workdir, "prototype_results.json")) as f:
+        results = json.load(f)
+    check_prototype_relation(workdir, results)
+    check_prototype_training(workdir, results)
+    assert len(images(nb)) == 2  # the teacher's two relations, the loss curves
+
+    # The inspection notebook on the student the prototype just distilled.
+    student = os.path.join(workdir, "hf_student")
+    out = str(tmp_path / "inspect.json")
+    nb = execute(INSPECT, tmp_path, kernel, STUDENT_PATH=student, SHOW_HEADS=(0, 11),
+                 RESULTS_PATH=out)
+    with open(out) as f:
+        check_inspection(workdir, student, json.load(f))
+    assert len(images(nb)) == 1 + 3  # the KL bars, then one heatmap figure per pair
+
+
+def check_prototype_relation(workdir, results):
     name, tau = results["relation"], results["temperature"]
     assert name not in relations.PAIR_NAMES and results["num_relation_heads"] == RELATION_HEADS
     losses = results["sentence_losses"]
@@ -188,8 +197,7 @@ def test_prototype_relation_against_numpy_and_qq(prototype):
     assert random_student["qq"] == pytest.approx(dot.mean(), rel=1e-4)
 
 
-def test_prototype_distils_through_the_trainer(prototype):
-    nb, workdir, results = prototype
+def check_prototype_training(workdir, results):
     name = results["relation"]
     steps = [r["step"] for r in results["train"]]
     assert steps == list(range(1, PROTOTYPE_STEPS + 1))
@@ -202,20 +210,12 @@ def test_prototype_distils_through_the_trainer(prototype):
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["distill"]["relations"] == ["qq", name]
     assert os.path.isfile(os.path.join(results["hf_student"], "model.safetensors"))
-    assert len(images(nb)) >= 2  # the relation heatmaps and the loss curves
 
 
-def test_inspect_notebook_on_the_distilled_student(prototype, kernel, tmp_path):
-    _, workdir, _ = prototype
-    student = os.path.join(workdir, "hf_student")
-    out = str(tmp_path / "inspect.json")
-    nb = execute(INSPECT, tmp_path, kernel, STUDENT_PATH=student, SHOW_HEADS=(0, 11),
-                 RESULTS_PATH=out)
-    with open(out) as f:
-        results = json.load(f)
+def check_inspection(workdir, student, results):
     assert results["student"] == student
     assert results["settings"] == os.path.join(workdir, "config.json")
-    assert results["teacher"] == TEACHER
+    assert os.path.realpath(results["teacher"]) == os.path.realpath(TEACHER)
     assert (results["layer"], results["num_relation_heads"]) == (TEACHER_LAYER, RELATION_HEADS)
     assert results["tokens"][0] == "[CLS]" and results["tokens"][-1] == "[SEP]"
     assert set(results["per_head_kl"]) == {"qq", "kk", "vv"}
@@ -223,7 +223,6 @@ def test_inspect_notebook_on_the_distilled_student(prototype, kernel, tmp_path):
         assert len(values) == RELATION_HEADS and all(math.isfinite(v) and v > 0 for v in values)
         assert np.mean(values) == pytest.approx(results["minilmv2_loss"][pair], rel=1e-5)
         assert np.max(np.abs(results["self_kl"][pair])) < 1e-6
-    assert len(images(nb)) == 1 + 3  # the KL bars, then one heatmap figure per pair
 
 
 # --------------------------------------------------------------------------- minilm_jax.inspection

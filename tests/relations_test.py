@@ -63,7 +63,8 @@ def _rel_err(value, reference):
 
 def _triple(rng, batch, length, width, scale=2.0):
     return tuple(
-        jnp.asarray(scale * rng.standard_normal((batch, length, width)), jnp.float32) for _ in range(3)
+        jnp.asarray(scale * rng.standard_normal((batch, length, width)), jnp.float32)
+        for _ in range(3)
     )
 
 
@@ -81,7 +82,11 @@ def _mask(lengths, length, left_padded=()):
 def batch():
     rng = np.random.default_rng(0)
     # Ragged: full, right-padded, left-padded, one token.
-    return (_triple(rng, B, T, D_T), _triple(rng, B, T, D_S), _mask([T, 13, 8, 1], T, left_padded={2}))
+    return (
+        _triple(rng, B, T, D_T),
+        _triple(rng, B, T, D_S),
+        _mask([T, 13, 8, 1], T, left_padded={2}),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +103,9 @@ PAIRS = ("qq", "kv", "vv")  # a same-kind and a cross pair, plus the value relat
 
 
 def _loss(t, s, m, implementation="direct", block_size=8, pairs=PAIRS):
-    return rel.minilmv2_loss(t, s, m, R, pairs, implementation=implementation, block_size=block_size)[0]
+    return rel.minilmv2_loss(
+        t, s, m, R, pairs, implementation=implementation, block_size=block_size
+    )[0]
 
 
 # Shared across tests so equal shapes and settings compile once.
@@ -137,7 +144,9 @@ def test_split_relation_heads_keeps_tokens_in_place():
 def test_relation_logits_scaled_and_masked_with_finite_value(batch):
     teacher, _, mask = batch
     q, k = teacher[0], teacher[1]
-    logits = np.asarray(rel.relation_logits(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), mask, R))
+    logits = np.asarray(
+        rel.relation_logits(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), mask, R)
+    )
     assert logits.dtype == np.float32 and np.isfinite(logits).all()
     qn = np.asarray(q.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
     kn = np.asarray(k.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
@@ -155,7 +164,9 @@ def test_relation_kl_matches_reference_on_raw_logits(batch):
     # Unmasked logits: relation_kl must exclude padded keys itself.
     logits = [
         jnp.einsum(
-            "brqd,brkd->brqk", rel.split_relation_heads(qkv[0], R), rel.split_relation_heads(qkv[1], R)
+            "brqd,brkd->brqk",
+            rel.split_relation_heads(qkv[0], R),
+            rel.split_relation_heads(qkv[1], R),
         )
         / math.sqrt(qkv[0].shape[-1] // R)
         for qkv in (teacher, student)
@@ -182,7 +193,9 @@ def test_extra_padding_and_empty_sequences_do_not_change_loss(batch):
         """Padding appended to every sequence, filled with junk, plus one fully padded sequence."""
         junk = lambda *shape: jnp.asarray(9 * rng.standard_normal(shape), jnp.float32)
         return tuple(
-            jnp.concatenate([jnp.concatenate([a, junk(B, extra, width)], 1), junk(1, T + extra, width)], 0)
+            jnp.concatenate(
+                [jnp.concatenate([a, junk(B, extra, width)], 1), junk(1, T + extra, width)], 0
+            )
             for a in qkv
         )
 
@@ -191,7 +204,9 @@ def test_extra_padding_and_empty_sequences_do_not_change_loss(batch):
     )
     for implementation in ("direct", "blocked"):
         base = float(_jit_loss(teacher, student, mask, implementation=implementation))
-        grown = _jit_loss(grow(teacher, D_T), grow(student, D_S), padded_mask, implementation=implementation)
+        grown = _jit_loss(
+            grow(teacher, D_T), grow(student, D_S), padded_mask, implementation=implementation
+        )
         assert _rel_err(grown, base) <= 1e-6
 
 
@@ -207,7 +222,9 @@ def test_batch_of_only_empty_sequences_gives_zero_not_nan(batch):
     teacher, student, mask = batch
     empty = jnp.zeros_like(mask)
     for implementation in ("direct", "blocked"):
-        value, (_, grads) = _jit_value_and_grad(teacher, student, empty, implementation=implementation)
+        value, (_, grads) = _jit_value_and_grad(
+            teacher, student, empty, implementation=implementation
+        )
         assert float(value) == 0.0
         assert all(bool(jnp.all(g == 0)) for g in grads)
 
@@ -240,7 +257,12 @@ def test_bfloat16_inputs_give_finite_float32_losses_computed_in_float32(batch):
             _rel_err(
                 value,
                 float(
-                    _jit_loss(upcast(big(teacher)), upcast(big(student)), mask, implementation=implementation)
+                    _jit_loss(
+                        upcast(big(teacher)),
+                        upcast(big(student)),
+                        mask,
+                        implementation=implementation,
+                    )
                 ),
             )
             <= 1e-6
@@ -353,14 +375,20 @@ def test_blocked_equals_direct_values_and_gradients(batch):
 
 def test_blocked_memory_grows_with_t_times_block_not_t_squared():
     def temp_bytes(implementation, length):
-        shapes = lambda w: tuple(jax.ShapeDtypeStruct((1, length, w), jnp.float32) for _ in range(3))
+        shapes = lambda w: tuple(
+            jax.ShapeDtypeStruct((1, length, w), jnp.float32) for _ in range(3)
+        )
         fn = jax.jit(
             jax.grad(
-                functools.partial(_loss, implementation=implementation, block_size=16, pairs=("qq",)),
+                functools.partial(
+                    _loss, implementation=implementation, block_size=16, pairs=("qq",)
+                ),
                 argnums=1,
             )
         )
-        compiled = fn.lower(shapes(D_T), shapes(D_S), jax.ShapeDtypeStruct((1, length), jnp.int32)).compile()
+        compiled = fn.lower(
+            shapes(D_T), shapes(D_S), jax.ShapeDtypeStruct((1, length), jnp.int32)
+        ).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     direct = [temp_bytes("direct", n) for n in (256, 512)]
@@ -409,17 +437,24 @@ def test_custom_relation_is_used_through_distillation_loss(batch, custom_relatio
 
     ctx = rel.RelationContext(R, HEADS, HEADS)
     total, per = jax.jit(
-        lambda t, s: rel.distillation_loss(t, s, mask, ("vv", "value_norm_gap"), ctx, {"value_norm_gap": 3.0})
+        lambda t, s: rel.distillation_loss(
+            t, s, mask, ("vv", "value_norm_gap"), ctx, {"value_norm_gap": 3.0}
+        )
     )(teacher, student)
     m = np.asarray(mask, np.float64)[..., None]
-    norm = lambda v: np.sum(np.linalg.norm(np.asarray(v, np.float64), axis=-1, keepdims=True) * m) / m.sum()
+    norm = lambda v: (
+        np.sum(np.linalg.norm(np.asarray(v, np.float64), axis=-1, keepdims=True) * m) / m.sum()
+    )
     expected_gap = (norm(teacher[2]) - norm(student[2])) ** 2
     expected_vv = np_relation_loss(teacher, student, np.asarray(mask), "vv", R)
     assert _rel_err(per["value_norm_gap"], expected_gap) <= TOL
     assert _rel_err(total, expected_vv + 3.0 * expected_gap) <= TOL
     # distillation_loss stops the teacher's gradient for user relations too.
     grad_t, grad_s = jax.jit(
-        jax.grad(lambda t, s: rel.distillation_loss(t, s, mask, ("value_norm_gap",), ctx)[0], argnums=(0, 1))
+        jax.grad(
+            lambda t, s: rel.distillation_loss(t, s, mask, ("value_norm_gap",), ctx)[0],
+            argnums=(0, 1),
+        )
     )(teacher, student)
     assert all(bool(jnp.all(g == 0)) for g in grad_t) and float(jnp.abs(grad_s[2]).max()) > 0
 
@@ -458,7 +493,10 @@ def test_minilm_v1_relations_match_reference(batch):
         total, per = rel.distillation_loss(teacher, student, mask, rel.MINILM_V1_RELATIONS, ctx)
         for name, pair in (("attn_qk", "qk"), ("attn_vv", "vv")):
             assert (
-                _rel_err(per[name], np_relation_loss(teacher, student, np.asarray(mask), pair, HEADS)) <= TOL
+                _rel_err(
+                    per[name], np_relation_loss(teacher, student, np.asarray(mask), pair, HEADS)
+                )
+                <= TOL
             )
         assert _rel_err(total, float(per["attn_qk"]) + float(per["attn_vv"])) <= 1e-6
 
@@ -488,5 +526,7 @@ def test_relations_benchmark_prints_one_json_line_per_case():
         bench_relations.main(["--sizes", "1x8", "--repeats", "1"])
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["implementation"] for r in records] == ["direct", "blocked"]
-    assert all(r["measured"] and r["temp_bytes"] > 0 and r["auto_picks"] == "direct" for r in records)
+    assert all(
+        r["measured"] and r["temp_bytes"] > 0 and r["auto_picks"] == "direct" for r in records
+    )
     assert abs(records[0]["loss"] - records[1]["loss"]) <= TOL * records[0]["loss"]

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from minilm_jax import checkpointing, configs, data, hf, metrics, parallel, tiny, train
 from minilm_jax.configs import SMOKE_TEACHER
@@ -23,7 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("teacher") / "bert")
-    tiny.write_tiny_teacher("bert", path, data.python_docs_documents()[:400], seed=7, **SMOKE_TEACHER)
+    tiny.write_tiny_teacher(
+        "bert", path, data.python_docs_documents()[:400], seed=7, **SMOKE_TEACHER
+    )
     return path
 
 
@@ -53,8 +54,11 @@ def run_steps(run, batches, n_steps, step_fn=None):
 
 def host_batches(config, run, n, process_index=0, process_count=1):
     it, _ = train.make_data(
-        config, run.tokenizer, run.teacher_cfg.family,
-        process_index=process_index, process_count=process_count,
+        config,
+        run.tokenizer,
+        run.teacher_cfg.family,
+        process_index=process_index,
+        process_count=process_count,
     )
     out = [next(it) for _ in range(n)]
     it.close()
@@ -82,10 +86,20 @@ def test_sharded_step_matches_one_device_and_compiles_once(teacher_dir, tmp_path
         @chex.assert_max_traces(n=1)
         def step(state, batch, teacher_params):
             return train.train_step(
-                state, batch, teacher_params, spec=run.spec, tx=tx, grad_accum_steps=1, schedule=schedule
+                state,
+                batch,
+                teacher_params,
+                spec=run.spec,
+                tx=tx,
+                grad_accum_steps=1,
+                schedule=schedule,
             )
 
-        sharding = (parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh), parallel.replicated(run.mesh))
+        sharding = (
+            parallel.replicated(run.mesh),
+            parallel.batch_sharded(run.mesh),
+            parallel.replicated(run.mesh),
+        )
         step_fn = jax.jit(step, in_shardings=sharding, out_shardings=sharding[0], donate_argnums=0)
         results[name] = run_steps(run, batches, 3, step_fn)
     (state1, losses1), (state8, losses8) = results["one"], results["eight"]
@@ -121,7 +135,9 @@ def test_weight_decay_skips_biases_and_layernorm(teacher_dir, tmp_path):
 def test_lr_schedule_warmup_then_linear_decay(teacher_dir):
     c = smoke_config(teacher_dir, total_steps=100, warmup_steps=10, learning_rate=1.0)
     lr = train.learning_rate_schedule(c)
-    np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(55), lr(100)], [0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        [lr(0), lr(5), lr(10), lr(55), lr(100)], [0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
+    )
 
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(teacher_dir, tmp_path, monkeypatch):
@@ -142,9 +158,13 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(teacher_dir, tmp_path, m
         return run
 
     monkeypatch.setattr(train, "setup_run", setup_with_nan_at_step_3)
-    with pytest.raises(train.TrainingError, match=r"Non-finite loss .* step 3.*Last good checkpoint: step 2"):
+    with pytest.raises(
+        train.TrainingError, match=r"Non-finite loss .* step 3.*Last good checkpoint: step 2"
+    ):
         train.train_and_evaluate(config, str(tmp_path))
-    assert checkpointing.Checkpointer(str(tmp_path / "checkpoints"), every=1, keep=2).all_steps() == [2]
+    assert checkpointing.Checkpointer(
+        str(tmp_path / "checkpoints"), every=1, keep=2
+    ).all_steps() == [2]
     params = checkpointing.read_state(str(tmp_path / "checkpoints"))["params"]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
@@ -192,7 +212,9 @@ def test_resume_matches_uninterrupted_run(teacher_dir, tmp_path, monkeypatch, ho
 
     full_losses, part_losses = _losses_by_step(tmp_path / "full"), _losses_by_step(part)
     assert sorted(part_losses) == list(range(1, 7))
-    np.testing.assert_allclose([part_losses[s] for s in range(1, 7)], [full_losses[s] for s in range(1, 7)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [part_losses[s] for s in range(1, 7)], [full_losses[s] for s in range(1, 7)], rtol=1e-6
+    )
     a = checkpointing.read_state(str(tmp_path / "full" / "checkpoints"))
     b = checkpointing.read_state(os.path.join(part, "checkpoints"))
     assert int(a["step"]) == int(b["step"]) == 6
@@ -204,8 +226,12 @@ def _cli(args, **kwargs):
     # One CPU device, as a user's run; the fast-compile flag of conftest stays.
     env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}
     return subprocess.run(
-        [sys.executable, "-m", "minilm_jax.main", *args], cwd=REPO, env=env,
-        capture_output=True, text=True, **kwargs,
+        [sys.executable, "-m", "minilm_jax.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kwargs,
     )
 
 
@@ -214,7 +240,9 @@ def test_cli_smoke_end_to_end(tmp_path):
     import transformers
 
     workdir = tmp_path / "run"
-    proc = _cli(["--config", "experiments/quickstart.py:smoke", "--workdir", str(workdir)], timeout=600)
+    proc = _cli(
+        ["--config", "experiments/quickstart.py:smoke", "--workdir", str(workdir)], timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out loss" in proc.stdout and "step 6/6" in proc.stdout
     resolved = json.loads((workdir / "config.json").read_text())
@@ -233,12 +261,18 @@ def test_cli_smoke_end_to_end(tmp_path):
     ids = np.array([[2, 40, 41, 42, 3, 0], [2, 50, 51, 52, 53, 3]], np.int64)
     mask = (ids != 0).astype(np.int64)
     with torch.no_grad():
-        ref = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-    got = np.asarray(ours(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)).last_hidden_state)
+        ref = theirs(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+        ).last_hidden_state.numpy()
+    got = np.asarray(
+        ours(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)).last_hidden_state
+    )
     np.testing.assert_allclose(got[mask == 1], ref[mask == 1], atol=1e-5)
 
     # Running again resumes at the end and does nothing but re-export.
-    again = _cli(["--config", "experiments/quickstart.py:smoke", "--workdir", str(workdir)], timeout=600)
+    again = _cli(
+        ["--config", "experiments/quickstart.py:smoke", "--workdir", str(workdir)], timeout=600
+    )
     assert again.returncode == 0 and "Resumed from step 6" in again.stdout
 
 
@@ -251,18 +285,37 @@ def test_two_processes_match_single_process_on_the_same_data(teacher_dir, tmp_pa
     steps = 4
     workdir = tmp_path / "multi"
     common = [
-        "--config", "experiments/quickstart.py:smoke", "--workdir", str(workdir),
-        f"--config.teacher.path={teacher_dir}", "--config.teacher.tiny_random_family=",
-        "--config.student.spec=2x32", f"--config.total_steps={steps}", "--config.log_every=1",
-        "--config.eval_every=0", "--config.plots=False", "--config.export_hf=False",
+        "--config",
+        "experiments/quickstart.py:smoke",
+        "--workdir",
+        str(workdir),
+        f"--config.teacher.path={teacher_dir}",
+        "--config.teacher.tiny_random_family=",
+        "--config.student.spec=2x32",
+        f"--config.total_steps={steps}",
+        "--config.log_every=1",
+        "--config.eval_every=0",
+        "--config.plots=False",
+        "--config.export_hf=False",
         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-        "--config.distributed.num_processes=2", "--config.distributed.cpu_collectives=gloo",
+        "--config.distributed.num_processes=2",
+        "--config.distributed.cpu_collectives=gloo",
     ]
     env = {**os.environ, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "minilm_jax.main", *common, f"--config.distributed.process_id={i}"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "minilm_jax.main",
+                *common,
+                f"--config.distributed.process_id={i}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]
@@ -277,7 +330,10 @@ def test_two_processes_match_single_process_on_the_same_data(teacher_dir, tmp_pa
     config.student.spec, config.total_steps = "2x32", steps
     run = train.setup_run(config, str(tmp_path / "ref"))
     shards = [host_batches(config, run, steps, p, 2) for p in range(2)]
-    batches = [{k: np.concatenate([shards[0][i][k], shards[1][i][k]]) for k in shards[0][i]} for i in range(steps)]
+    batches = [
+        {k: np.concatenate([shards[0][i][k], shards[1][i][k]]) for k in shards[0][i]}
+        for i in range(steps)
+    ]
     _, losses = run_steps(run, batches, steps)
     np.testing.assert_allclose([multi[s] for s in range(1, steps + 1)], losses, rtol=1e-5)
 
@@ -290,8 +346,14 @@ def test_two_processes_match_single_process_on_the_same_data(teacher_dir, tmp_pa
         ({"teacher.layer": 0}, r"config.teacher.layer=0: must be in 1..4"),
         ({"distill.num_relation_heads": 5}, r"config.distill.*5"),
         ({"distill.relations": ("qq", "xy")}, r"config.distill.relations.*xy"),
-        ({"batch_size": 12}, r"config.batch_size=12 must be a positive multiple of the number of devices \(8"),
-        ({"data.python_docs": False, "data.text_files": "/nonexistent/*.txt"}, r"/nonexistent/\*.txt.*matched no files"),
+        (
+            {"batch_size": 12},
+            r"config.batch_size=12 must be a positive multiple of the number of devices \(8",
+        ),
+        (
+            {"data.python_docs": False, "data.text_files": "/nonexistent/*.txt"},
+            r"/nonexistent/\*.txt.*matched no files",
+        ),
         ({"dtype": "float16"}, r"config.dtype='float16'.*bfloat16"),
         ({"student.spec": "6by384"}, r"config.student.*6by384"),
         ({"student.init": "teacher"}, r"config.student.init='teacher'.*hidden_size"),
@@ -310,19 +372,31 @@ def test_unsupported_teacher_checkpoint_is_named(tmp_path, teacher_dir):
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match=r"config.teacher.path=.*gpt2"):
-        train.validate_config(smoke_config(teacher_dir, **{"teacher.path": str(bad)}), str(tmp_path))
+        train.validate_config(
+            smoke_config(teacher_dir, **{"teacher.path": str(bad)}), str(tmp_path)
+        )
 
 
 def test_empty_corpus_is_named(teacher_dir, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
-    config = smoke_config(teacher_dir, **{"data.python_docs": False, "data.text_files": str(tmp_path / "*.txt")})
+    config = smoke_config(
+        teacher_dir, **{"data.python_docs": False, "data.text_files": str(tmp_path / "*.txt")}
+    )
     with pytest.raises(ValueError, match=r"no documents"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):
-    proc = _cli(["--config", "experiments/quickstart.py:smoke", "--workdir", str(tmp_path),
-                 "--config.dtype=float16"], timeout=300)
+    proc = _cli(
+        [
+            "--config",
+            "experiments/quickstart.py:smoke",
+            "--workdir",
+            str(tmp_path),
+            "--config.dtype=float16",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "error: config.dtype='float16'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -22,7 +22,10 @@ def main(argv: list[str]) -> int:
     except ModuleNotFoundError as error:
         if error.name != module_name:  # a missing dependency inside the benchmark: show it as is
             raise
-        print(f"benchmark {name!r} is listed but {module_name} is not installed; {USAGE}", file=sys.stderr)
+        print(
+            f"benchmark {name!r} is listed but {module_name} is not installed; {USAGE}",
+            file=sys.stderr,
+        )
         return 2
     return module.main(flags) or 0
 

@@ -96,7 +96,9 @@ def _case(
         "T": length,
         "implementation": implementation,
         "auto_picks": relations.resolve_implementation("auto", length, block_size),
-        "block_size": (block_size or relations.DEFAULT_BLOCK_SIZE) if implementation == "blocked" else None,
+        "block_size": (block_size or relations.DEFAULT_BLOCK_SIZE)
+        if implementation == "blocked"
+        else None,
         "R": NUM_RELATION_HEADS,
         "teacher_width": TEACHER_WIDTH,
         "student_width": STUDENT_WIDTH,
@@ -149,7 +151,9 @@ def main(argv: list[str]) -> int:
         help=f"query rows per block (default {relations.DEFAULT_BLOCK_SIZE})",
     )
     parser.add_argument(
-        "--implementations", default="direct,blocked", help="comma-separated subset of direct,blocked"
+        "--implementations",
+        default="direct,blocked",
+        help="comma-separated subset of direct,blocked",
     )
     parser.add_argument(
         "--memory_budget_gb",
@@ -162,13 +166,20 @@ def main(argv: list[str]) -> int:
     bad = [i for i in implementations if i not in ("direct", "blocked")]
     if bad or args.repeats <= 0 or (args.block_size is not None and args.block_size <= 0):
         parser.error(
-            f"need --implementations within direct,blocked (got {bad}), --repeats > 0, " "--block_size > 0"
+            f"need --implementations within direct,blocked (got {bad}), --repeats > 0, "
+            "--block_size > 0"
         )
-    budget = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else int(0.8 * _available_bytes())
+    budget = (
+        int(args.memory_budget_gb * 2**30)
+        if args.memory_budget_gb
+        else int(0.8 * _available_bytes())
+    )
     for batch, length in args.sizes:
         for implementation in implementations:
             print(
-                json.dumps(_case(batch, length, implementation, args.block_size, args.repeats, budget)),
+                json.dumps(
+                    _case(batch, length, implementation, args.block_size, args.repeats, budget)
+                ),
                 flush=True,
             )
     return 0

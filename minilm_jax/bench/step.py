@@ -30,7 +30,9 @@ from minilm_jax.configs import base_config
 from minilm_jax.models.transformer import Transformer, TransformerConfig, student_config
 
 
-def encoder_forward_flops(cfg: TransformerConfig, num_layers: int, batch: int, length: int) -> float:
+def encoder_forward_flops(
+    cfg: TransformerConfig, num_layers: int, batch: int, length: int
+) -> float:
     """Matmul FLOPs of ``num_layers`` encoder layers on ``batch x length`` tokens."""
     d, f, t = cfg.hidden_size, cfg.intermediate_size, length
     per_token = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * t * d  # projections + FFN + QK^T and AV
@@ -77,9 +79,17 @@ def matmul_throughput(dtype, repeats: int) -> dict:
 def bench_case(args) -> dict:
     dtype = jnp.dtype(args.dtype)
     teacher_cfg = TransformerConfig(
-        family="bert", vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12,
-        intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
-        layer_norm_eps=1e-12, pad_token_id=0, dtype=args.dtype,
+        family="bert",
+        vocab_size=30522,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        dtype=args.dtype,
     )
     student_cfg = student_config(args.student, teacher_cfg)
     config = base_config()
@@ -96,19 +106,29 @@ def bench_case(args) -> dict:
     student_graphdef, params = nnx.split(student, nnx.Param)
     tx = train.make_optimizer(config)
     state = train.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(0)),
     )
     state = parallel.replicate(state, mesh)
     teacher_params = parallel.replicate(teacher_params, mesh)
     spec = train.StepSpec(
-        teacher_graphdef=teacher_graphdef, student_graphdef=student_graphdef,
-        teacher_layer=args.layer, relations=("qq", "kk", "vv"), weights=None,
+        teacher_graphdef=teacher_graphdef,
+        student_graphdef=student_graphdef,
+        teacher_layer=args.layer,
+        relations=("qq", "kk", "vv"),
+        weights=None,
         context=train.relation_context(config, teacher_cfg, student_cfg),
     )
     step_fn = jax.jit(
-        functools.partial(train.train_step, spec=spec, tx=tx, grad_accum_steps=1,
-                          schedule=train.learning_rate_schedule(config)),
+        functools.partial(
+            train.train_step,
+            spec=spec,
+            tx=tx,
+            grad_accum_steps=1,
+            schedule=train.learning_rate_schedule(config),
+        ),
         donate_argnums=(0,),
     )
     rng = np.random.default_rng(0)
@@ -138,8 +158,12 @@ def bench_case(args) -> dict:
         "platform": jax.devices()[0].platform,
         "num_devices": jax.device_count(),
         "dtype": args.dtype,
-        "teacher": "12x768", "teacher_layer": args.layer, "student": args.student,
-        "batch": args.batch, "length": args.length, "relation_heads": args.relation_heads,
+        "teacher": "12x768",
+        "teacher_layer": args.layer,
+        "student": args.student,
+        "batch": args.batch,
+        "length": args.length,
+        "relation_heads": args.relation_heads,
         "step_seconds": seconds,
         "tokens_per_s": args.batch * args.length / seconds,
         "model_tflops_per_step": flops / 1e12,
@@ -158,8 +182,11 @@ def bench_case(args) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m minilm_jax.bench step", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m minilm_jax.bench step",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--student", default="6x384")
@@ -169,7 +196,11 @@ def main(argv: list[str]) -> None:
     p.add_argument("--implementation", default="auto", choices=("auto", "direct", "blocked"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--peak_tflops", type=float, default=0.0,
-                   help="accelerator peak (e.g. 989 for H100 SXM bf16 dense) -> report MFU")
+    p.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=0.0,
+        help="accelerator peak (e.g. 989 for H100 SXM bf16 dense) -> report MFU",
+    )
     args = p.parse_args(argv)
     print(json.dumps(bench_case(args)), flush=True)

@@ -201,7 +201,11 @@ def make_pretraining_datasets(
     train_docs, eval_docs = split.held_out_split(documents, cfg["eval_every_kth_document"])
     logging.info(
         "data: %d documents, %d for training, %d held out; host %d of %d",
-        len(documents), len(train_docs), len(eval_docs), process_index, process_count,
+        len(documents),
+        len(train_docs),
+        len(eval_docs),
+        process_index,
+        process_count,
     )
     train_iterator = iter(
         train_dataset(

@@ -140,4 +140,3 @@ def python_docs_corpus(out_dir: str, *, documents_per_file: int = 1000) -> list[
         os.replace(path + ".tmp", path)
         paths.append(path)
     return paths
-

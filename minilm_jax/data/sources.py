@@ -99,9 +99,7 @@ class TextFileDocuments(collections.abc.Sequence):
 
     def __init__(self, paths: Sequence[str], text_format: str):
         if text_format not in TEXT_FORMATS:
-            raise ValueError(
-                f"data.text_format={text_format!r} is not one of {list(TEXT_FORMATS)}"
-            )
+            raise ValueError(f"data.text_format={text_format!r} is not one of {list(TEXT_FORMATS)}")
         index = _index_lines if text_format == "line" else _index_paragraphs
         self._paths, self._starts, self._ends, counts = [], [], [], []
         for path in paths:
@@ -155,9 +153,7 @@ def parse_tfds_spec(spec: str) -> tuple[str, str]:
     """'wikipedia/20230601.en:text' -> ('wikipedia/20230601.en', 'text')."""
     name, sep, feature = spec.strip().rpartition(":")
     if not sep or not _TFDS_NAME.match(name) or not _TFDS_FEATURE.match(feature):
-        raise ValueError(
-            f"data.tfds_sources: bad TFDS spec {spec!r}; expected {TFDS_SPEC_FORM}"
-        )
+        raise ValueError(f"data.tfds_sources: bad TFDS spec {spec!r}; expected {TFDS_SPEC_FORM}")
     return name, feature
 
 

@@ -32,328 +32,415 @@ _SPEC_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Architecture of one encoder. Field names follow the paper/our code; `minilm_jax.hf`
-  translates them to and from Hugging Face's config.json names."""
+    """Architecture of one encoder. Field names follow the paper/our code; `minilm_jax.hf`
+    translates them to and from Hugging Face's config.json names."""
 
-  family: str  # one of FAMILIES
-  vocab_size: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  intermediate_size: int  # feed-forward width (4 x hidden in BERT and the paper's students)
-  max_position_embeddings: int  # rows of the position table (514 for RoBERTa: 512 + offset)
-  type_vocab_size: int  # 2 for BERT, 1 for RoBERTa/XLM-R
-  layer_norm_eps: float  # 1e-12 BERT, 1e-5 RoBERTa/XLM-R
-  pad_token_id: int
-  hidden_dropout: float = 0.1
-  attention_dropout: float = 0.1
-  hidden_act: str = "gelu"  # exact erf GELU as in HF "gelu"
-  dtype: str = "float32"  # compute dtype of activations ("float32" | "bfloat16")
-  param_dtype: str = "float32"  # storage dtype of parameters
-  initializer_range: float = 0.02  # std of the normal init of kernels and embeddings (as HF)
-  bos_token_id: int | None = None  # only carried to config.json (RoBERTa/XLM-R: 0)
-  eos_token_id: int | None = None  # only carried to config.json (RoBERTa/XLM-R: 2)
+    family: str  # one of FAMILIES
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int  # feed-forward width (4 x hidden in BERT and the paper's students)
+    max_position_embeddings: int  # rows of the position table (514 for RoBERTa: 512 + offset)
+    type_vocab_size: int  # 2 for BERT, 1 for RoBERTa/XLM-R
+    layer_norm_eps: float  # 1e-12 BERT, 1e-5 RoBERTa/XLM-R
+    pad_token_id: int
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    hidden_act: str = "gelu"  # exact erf GELU as in HF "gelu"
+    dtype: str = "float32"  # compute dtype of activations ("float32" | "bfloat16")
+    param_dtype: str = "float32"  # storage dtype of parameters
+    initializer_range: float = 0.02  # std of the normal init of kernels and embeddings (as HF)
+    bos_token_id: int | None = None  # only carried to config.json (RoBERTa/XLM-R: 0)
+    eos_token_id: int | None = None  # only carried to config.json (RoBERTa/XLM-R: 2)
 
-  def __post_init__(self):
-    if self.family not in FAMILIES:
-      raise ValueError(f"TransformerConfig.family={self.family!r}; allowed: {FAMILIES}")
-    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                 "max_position_embeddings", "type_vocab_size"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"TransformerConfig.{name}={value!r}; must be a positive int")
-    if self.hidden_size % self.num_heads:
-      raise ValueError(
-          f"TransformerConfig.hidden_size={self.hidden_size} is not divisible by "
-          f"num_heads={self.num_heads}")
-    if not 0 <= self.pad_token_id < self.vocab_size:
-      raise ValueError(f"TransformerConfig.pad_token_id={self.pad_token_id}; must be in "
-                       f"[0, vocab_size={self.vocab_size})")
-    for name in ("bos_token_id", "eos_token_id"):
-      value = getattr(self, name)
-      if value is not None and not 0 <= value < self.vocab_size:
-        raise ValueError(f"TransformerConfig.{name}={value}; must be None or in "
-                         f"[0, vocab_size={self.vocab_size})")
-    for name in ("hidden_dropout", "attention_dropout"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)}; must be in [0, 1)")
-    if not self.layer_norm_eps > 0:
-      raise ValueError(f"TransformerConfig.layer_norm_eps={self.layer_norm_eps}; must be > 0")
-    if not self.initializer_range > 0:
-      raise ValueError(
-          f"TransformerConfig.initializer_range={self.initializer_range}; must be > 0")
-    if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"TransformerConfig.hidden_act={self.hidden_act!r}; allowed: {ACTIVATIONS}")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r}; allowed: {DTYPES}")
-    if self.max_sequence_length < 1:
-      raise ValueError(
-          f"TransformerConfig.max_position_embeddings={self.max_position_embeddings} leaves no "
-          f"position for real tokens after the offset {self.position_offset} of family "
-          f"{self.family!r} (pad_token_id + 1)")
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"TransformerConfig.family={self.family!r}; allowed: {FAMILIES}")
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TransformerConfig.{name}={value!r}; must be a positive int")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"TransformerConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"TransformerConfig.pad_token_id={self.pad_token_id}; must be in "
+                f"[0, vocab_size={self.vocab_size})"
+            )
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"TransformerConfig.{name}={value}; must be None or in "
+                    f"[0, vocab_size={self.vocab_size})"
+                )
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(
+                    f"TransformerConfig.{name}={getattr(self, name)}; must be in [0, 1)"
+                )
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"TransformerConfig.layer_norm_eps={self.layer_norm_eps}; must be > 0")
+        if not self.initializer_range > 0:
+            raise ValueError(
+                f"TransformerConfig.initializer_range={self.initializer_range}; must be > 0"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"TransformerConfig.hidden_act={self.hidden_act!r}; allowed: {ACTIVATIONS}"
+            )
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(
+                    f"TransformerConfig.{name}={getattr(self, name)!r}; allowed: {DTYPES}"
+                )
+        if self.max_sequence_length < 1:
+            raise ValueError(
+                f"TransformerConfig.max_position_embeddings={self.max_position_embeddings} leaves no "
+                f"position for real tokens after the offset {self.position_offset} of family "
+                f"{self.family!r} (pad_token_id + 1)"
+            )
 
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
-  @property
-  def position_offset(self) -> int:
-    """First position id of a real token: RoBERTa/XLM-R (fairseq) count from pad_token_id + 1."""
-    return 0 if self.family == "bert" else self.pad_token_id + 1
+    @property
+    def position_offset(self) -> int:
+        """First position id of a real token: RoBERTa/XLM-R (fairseq) count from pad_token_id + 1."""
+        return 0 if self.family == "bert" else self.pad_token_id + 1
 
-  @property
-  def max_sequence_length(self) -> int:
-    """Longest input the position table covers (512 for bert-base and roberta-base)."""
-    return self.max_position_embeddings - self.position_offset
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input the position table covers (512 for bert-base and roberta-base)."""
+        return self.max_position_embeddings - self.position_offset
 
-  def replace(self, **changes) -> TransformerConfig:
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-    if unknown:
-      raise ValueError(f"unknown TransformerConfig field(s) {unknown}; allowed: "
-                       f"{[f.name for f in dataclasses.fields(self)]}")
-    return dataclasses.replace(self, **changes)
+    def replace(self, **changes) -> TransformerConfig:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"unknown TransformerConfig field(s) {unknown}; allowed: "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-      raise ValueError(f"unknown TransformerConfig field(s) {unknown}; allowed: {names}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.name not in d]
-    if required:
-      raise ValueError(f"TransformerConfig dict lacks required field(s) {required}")
-    return cls(**d)
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown TransformerConfig field(s) {unknown}; allowed: {names}")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in d
+        ]
+        if required:
+            raise ValueError(f"TransformerConfig dict lacks required field(s) {required}")
+        return cls(**d)
 
 
-def student_config(spec: str, teacher: TransformerConfig, *, num_heads: int = 12,
-                   intermediate_size: int | None = None, **overrides) -> TransformerConfig:
-  """A student architecture from a 'LAYERSxHIDDEN' spec ('6x384': 6 layers, hidden 384).
+def student_config(
+    spec: str,
+    teacher: TransformerConfig,
+    *,
+    num_heads: int = 12,
+    intermediate_size: int | None = None,
+    **overrides,
+) -> TransformerConfig:
+    """A student architecture from a 'LAYERSxHIDDEN' spec ('6x384': 6 layers, hidden 384).
 
-  Everything the student must share with the teacher to read the same token ids (vocabulary,
-  family, position table, token types, pad/bos/eos ids) and the LayerNorm epsilon, dropout,
-  activation and dtypes are copied from `teacher`. The feed-forward width defaults to
-  4 x hidden as in the paper (not the teacher's width). `overrides` replace any other field.
-  """
-  match = _SPEC_RE.match(spec) if isinstance(spec, str) else None
-  if match is None:
-    raise ValueError(f"student spec {spec!r} is not of the form 'LAYERSxHIDDEN' (e.g. '6x384')")
-  num_layers, hidden_size = int(match.group(1)), int(match.group(2))
-  if num_layers < 1 or hidden_size < 1:
-    raise ValueError(f"student spec {spec!r}: layers and hidden size must be positive")
-  if hidden_size % num_heads:
-    raise ValueError(f"student spec {spec!r}: hidden size {hidden_size} is not divisible by "
-                     f"num_heads={num_heads}")
-  return teacher.replace(
-      num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
-      intermediate_size=4 * hidden_size if intermediate_size is None else intermediate_size,
-      **overrides)
+    Everything the student must share with the teacher to read the same token ids (vocabulary,
+    family, position table, token types, pad/bos/eos ids) and the LayerNorm epsilon, dropout,
+    activation and dtypes are copied from `teacher`. The feed-forward width defaults to
+    4 x hidden as in the paper (not the teacher's width). `overrides` replace any other field.
+    """
+    match = _SPEC_RE.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(f"student spec {spec!r} is not of the form 'LAYERSxHIDDEN' (e.g. '6x384')")
+    num_layers, hidden_size = int(match.group(1)), int(match.group(2))
+    if num_layers < 1 or hidden_size < 1:
+        raise ValueError(f"student spec {spec!r}: layers and hidden size must be positive")
+    if hidden_size % num_heads:
+        raise ValueError(
+            f"student spec {spec!r}: hidden size {hidden_size} is not divisible by "
+            f"num_heads={num_heads}"
+        )
+    return teacher.replace(
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        intermediate_size=4 * hidden_size if intermediate_size is None else intermediate_size,
+        **overrides,
+    )
 
 
 @flax.struct.dataclass
 class TransformerOutput:
-  last_hidden_state: jax.Array  # [B, T, D]: output of the last layer run
-  hidden_states: tuple[jax.Array, ...]  # layers run + 1, embeddings first (as HF)
-  qkv: tuple[tuple[jax.Array, jax.Array, jax.Array], ...]  # per layer run, [B, T, D] each
-  pooler_output: jax.Array | None  # tanh(dense(h[:, 0])) when the full model ran with a pooler
+    last_hidden_state: jax.Array  # [B, T, D]: output of the last layer run
+    hidden_states: tuple[jax.Array, ...]  # layers run + 1, embeddings first (as HF)
+    qkv: tuple[tuple[jax.Array, jax.Array, jax.Array], ...]  # per layer run, [B, T, D] each
+    pooler_output: jax.Array | None  # tanh(dense(h[:, 0])) when the full model ran with a pooler
 
 
 def position_ids(config: TransformerConfig, input_ids: jax.Array) -> jax.Array:
-  """Position ids [B, T] as Hugging Face computes them for each family.
+    """Position ids [B, T] as Hugging Face computes them for each family.
 
-  BERT: 0..T-1. RoBERTa/XLM-R: real tokens count from pad_token_id + 1 and padding tokens get
-  pad_token_id, decided by `input_ids != pad_token_id` (not by the attention mask), exactly as
-  transformers' `create_position_ids_from_input_ids`.
-  """
-  if config.family == "bert":
-    return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
-  not_pad = (input_ids != config.pad_token_id).astype(jnp.int32)
-  return jnp.cumsum(not_pad, axis=1) * not_pad + config.pad_token_id
+    BERT: 0..T-1. RoBERTa/XLM-R: real tokens count from pad_token_id + 1 and padding tokens get
+    pad_token_id, decided by `input_ids != pad_token_id` (not by the attention mask), exactly as
+    transformers' `create_position_ids_from_input_ids`.
+    """
+    if config.family == "bert":
+        return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+    not_pad = (input_ids != config.pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(not_pad, axis=1) * not_pad + config.pad_token_id
 
 
 def _normal_init(stddev: float, zero_row: int | None = None):
-  """HF's init: N(0, initializer_range); an embedding's padding_idx row starts at zero."""
-  normal = nnx.initializers.normal(stddev)
+    """HF's init: N(0, initializer_range); an embedding's padding_idx row starts at zero."""
+    normal = nnx.initializers.normal(stddev)
 
-  def init(key, shape, dtype=jnp.float32):
-    value = normal(key, shape, dtype)
-    return value if zero_row is None else value.at[zero_row].set(0)
+    def init(key, shape, dtype=jnp.float32):
+        value = normal(key, shape, dtype)
+        return value if zero_row is None else value.at[zero_row].set(0)
 
-  return init
+    return init
 
 
 def _linear(config: TransformerConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, dtype=jnp.dtype(config.dtype),
-                    param_dtype=jnp.dtype(config.param_dtype),
-                    kernel_init=_normal_init(config.initializer_range),
-                    bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+    return nnx.Linear(
+        d_in,
+        d_out,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=_normal_init(config.initializer_range),
+        bias_init=nnx.initializers.zeros_init(),
+        rngs=rngs,
+    )
 
 
 def _layer_norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  # Two-pass variance: E[x^2]-E[x]^2 loses digits when activations have a large mean.
-  return nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps,
-                       dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
-                       use_fast_variance=False, rngs=rngs)
+    # Two-pass variance: E[x^2]-E[x]^2 loses digits when activations have a large mean.
+    return nnx.LayerNorm(
+        config.hidden_size,
+        epsilon=config.layer_norm_eps,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        use_fast_variance=False,
+        rngs=rngs,
+    )
 
 
 def _dropout(layer: nnx.Dropout, x: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
-  """`layer` applied to x viewed as [batch, -1]: XLA:CPU compiles the random bits of a rank-4
-  attention mask ~8x slower than of a rank-2 one, and keeping the batch axis keeps the mask
-  sharded like the batch."""
-  if deterministic:
-    return x
-  return layer(x.reshape(x.shape[0], -1), deterministic=False, rngs=rngs).reshape(x.shape)
+    """`layer` applied to x viewed as [batch, -1]: XLA:CPU compiles the random bits of a rank-4
+    attention mask ~8x slower than of a rank-2 one, and keeping the batch axis keeps the mask
+    sharded like the batch."""
+    if deterministic:
+        return x
+    return layer(x.reshape(x.shape[0], -1), deterministic=False, rngs=rngs).reshape(x.shape)
 
 
 class Embeddings(nnx.Module):
-  """Word + position + token-type embeddings, LayerNorm, dropout (HF BertEmbeddings)."""
+    """Word + position + token-type embeddings, LayerNorm, dropout (HF BertEmbeddings)."""
 
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    self.config = config
-    std, pdt = config.initializer_range, jnp.dtype(config.param_dtype)
-    # Lookups stay in param_dtype so the three-way sum is exact before the LayerNorm casts.
-    self.word_embeddings = nnx.Embed(
-        config.vocab_size, config.hidden_size, dtype=pdt, param_dtype=pdt,
-        embedding_init=_normal_init(std, config.pad_token_id), rngs=rngs)
-    self.position_embeddings = nnx.Embed(
-        config.max_position_embeddings, config.hidden_size, dtype=pdt, param_dtype=pdt,
-        embedding_init=_normal_init(std, None if config.family == "bert" else config.pad_token_id),
-        rngs=rngs)
-    self.token_type_embeddings = nnx.Embed(
-        config.type_vocab_size, config.hidden_size, dtype=pdt, param_dtype=pdt,
-        embedding_init=_normal_init(std), rngs=rngs)
-    self.layer_norm = _layer_norm(config, rngs)
-    self.dropout = nnx.Dropout(config.hidden_dropout)
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        std, pdt = config.initializer_range, jnp.dtype(config.param_dtype)
+        # Lookups stay in param_dtype so the three-way sum is exact before the LayerNorm casts.
+        self.word_embeddings = nnx.Embed(
+            config.vocab_size,
+            config.hidden_size,
+            dtype=pdt,
+            param_dtype=pdt,
+            embedding_init=_normal_init(std, config.pad_token_id),
+            rngs=rngs,
+        )
+        self.position_embeddings = nnx.Embed(
+            config.max_position_embeddings,
+            config.hidden_size,
+            dtype=pdt,
+            param_dtype=pdt,
+            embedding_init=_normal_init(
+                std, None if config.family == "bert" else config.pad_token_id
+            ),
+            rngs=rngs,
+        )
+        self.token_type_embeddings = nnx.Embed(
+            config.type_vocab_size,
+            config.hidden_size,
+            dtype=pdt,
+            param_dtype=pdt,
+            embedding_init=_normal_init(std),
+            rngs=rngs,
+        )
+        self.layer_norm = _layer_norm(config, rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout)
 
-  def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
-    x = (self.word_embeddings(input_ids)
-         + self.position_embeddings(position_ids(self.config, input_ids))
-         + self.token_type_embeddings(token_type_ids))
-    return _dropout(self.dropout, self.layer_norm(x), deterministic=deterministic, rngs=rngs)
+    def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids(self.config, input_ids))
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return _dropout(self.dropout, self.layer_norm(x), deterministic=deterministic, rngs=rngs)
 
 
 class SelfAttention(nnx.Module):
-  """Multi-head self-attention + output projection + residual + post-LayerNorm
-  (HF BertAttention). Also returns the q/k/v projection outputs for relation distillation."""
+    """Multi-head self-attention + output projection + residual + post-LayerNorm
+    (HF BertAttention). Also returns the q/k/v projection outputs for relation distillation."""
 
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    d = config.hidden_size
-    self.num_heads, self.head_dim = config.num_heads, config.head_dim
-    self.query = _linear(config, d, d, rngs)
-    self.key = _linear(config, d, d, rngs)
-    self.value = _linear(config, d, d, rngs)
-    self.output = _linear(config, d, d, rngs)
-    self.layer_norm = _layer_norm(config, rngs)
-    self.attention_dropout = nnx.Dropout(config.attention_dropout)
-    self.dropout = nnx.Dropout(config.hidden_dropout)
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        d = config.hidden_size
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.query = _linear(config, d, d, rngs)
+        self.key = _linear(config, d, d, rngs)
+        self.value = _linear(config, d, d, rngs)
+        self.output = _linear(config, d, d, rngs)
+        self.layer_norm = _layer_norm(config, rngs)
+        self.attention_dropout = nnx.Dropout(config.attention_dropout)
+        self.dropout = nnx.Dropout(config.hidden_dropout)
 
-  def __call__(self, x, key_mask, *, deterministic: bool, rngs):
-    q, k, v = self.query(x), self.key(x), self.value(x)
-    b, t, _ = x.shape
-    heads = lambda a: a.reshape(b, t, self.num_heads, self.head_dim)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", heads(q), heads(k),
-                        preferred_element_type=jnp.float32) * (self.head_dim ** -0.5)
-    # Padded keys get the float32 minimum by selection (no addition, so no overflow); their
-    # exp underflows to exactly 0. A fully padded row becomes uniform and stays finite.
-    scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = _dropout(self.attention_dropout, probs, deterministic=deterministic, rngs=rngs)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), heads(v)).reshape(b, t, -1)
-    out = _dropout(self.dropout, self.output(context), deterministic=deterministic, rngs=rngs)
-    return self.layer_norm(out + x), (q, k, v)
+    def __call__(self, x, key_mask, *, deterministic: bool, rngs):
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        b, t, _ = x.shape
+        heads = lambda a: a.reshape(b, t, self.num_heads, self.head_dim)
+        scores = jnp.einsum(
+            "bqhd,bkhd->bhqk", heads(q), heads(k), preferred_element_type=jnp.float32
+        ) * (self.head_dim**-0.5)
+        # Padded keys get the float32 minimum by selection (no addition, so no overflow); their
+        # exp underflows to exactly 0. A fully padded row becomes uniform and stays finite.
+        scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = _dropout(self.attention_dropout, probs, deterministic=deterministic, rngs=rngs)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), heads(v)).reshape(b, t, -1)
+        out = _dropout(self.dropout, self.output(context), deterministic=deterministic, rngs=rngs)
+        return self.layer_norm(out + x), (q, k, v)
 
 
 class FeedForward(nnx.Module):
-  """GELU feed-forward + residual + post-LayerNorm (HF BertIntermediate + BertOutput)."""
+    """GELU feed-forward + residual + post-LayerNorm (HF BertIntermediate + BertOutput)."""
 
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    self.intermediate = _linear(config, config.hidden_size, config.intermediate_size, rngs)
-    self.output = _linear(config, config.intermediate_size, config.hidden_size, rngs)
-    self.layer_norm = _layer_norm(config, rngs)
-    self.dropout = nnx.Dropout(config.hidden_dropout)
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.intermediate = _linear(config, config.hidden_size, config.intermediate_size, rngs)
+        self.output = _linear(config, config.intermediate_size, config.hidden_size, rngs)
+        self.layer_norm = _layer_norm(config, rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout)
 
-  def __call__(self, x, *, deterministic: bool, rngs):
-    h = jax.nn.gelu(self.intermediate(x), approximate=False)
-    out = _dropout(self.dropout, self.output(h), deterministic=deterministic, rngs=rngs)
-    return self.layer_norm(out + x)
+    def __call__(self, x, *, deterministic: bool, rngs):
+        h = jax.nn.gelu(self.intermediate(x), approximate=False)
+        out = _dropout(self.dropout, self.output(h), deterministic=deterministic, rngs=rngs)
+        return self.layer_norm(out + x)
 
 
 class TransformerLayer(nnx.Module):
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    self.attention = SelfAttention(config, rngs=rngs)
-    self.feed_forward = FeedForward(config, rngs=rngs)
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.attention = SelfAttention(config, rngs=rngs)
+        self.feed_forward = FeedForward(config, rngs=rngs)
 
-  def __call__(self, x, key_mask, *, deterministic: bool, rngs):
-    x, qkv = self.attention(x, key_mask, deterministic=deterministic, rngs=rngs)
-    return self.feed_forward(x, deterministic=deterministic, rngs=rngs), qkv
+    def __call__(self, x, key_mask, *, deterministic: bool, rngs):
+        x, qkv = self.attention(x, key_mask, deterministic=deterministic, rngs=rngs)
+        return self.feed_forward(x, deterministic=deterministic, rngs=rngs), qkv
 
 
 class Pooler(nnx.Module):
-  """tanh(dense(h[:, 0])) (HF BertPooler)."""
+    """tanh(dense(h[:, 0])) (HF BertPooler)."""
 
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    self.dense = _linear(config, config.hidden_size, config.hidden_size, rngs)
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.hidden_size, rngs)
 
-  def __call__(self, hidden):
-    return jnp.tanh(self.dense(hidden[:, 0]))
+    def __call__(self, hidden):
+        return jnp.tanh(self.dense(hidden[:, 0]))
 
 
 class Transformer(nnx.Module):
-  """The encoder. Holds only parameters: dropout keys come in through `rngs` at call time,
-  so `nnx.split(model)` state is exactly the parameters."""
+    """The encoder. Holds only parameters: dropout keys come in through `rngs` at call time,
+    so `nnx.split(model)` state is exactly the parameters."""
 
-  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, add_pooler: bool = True):
-    self.config = config
-    self.embeddings = Embeddings(config, rngs=rngs)
-    self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.num_layers)])
-    self.pooler = Pooler(config, rngs=rngs) if add_pooler else None
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, add_pooler: bool = True):
+        self.config = config
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.layers = nnx.List(
+            [TransformerLayer(config, rngs=rngs) for _ in range(config.num_layers)]
+        )
+        self.pooler = Pooler(config, rngs=rngs) if add_pooler else None
 
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               num_layers: int | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | jax.Array | None = None) -> TransformerOutput:
-    """Encodes a batch.
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        *,
+        num_layers: int | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | jax.Array | None = None,
+    ) -> TransformerOutput:
+        """Encodes a batch.
 
-    Args:
-      input_ids, attention_mask, token_type_ids: int [B, T]; attention_mask is 1 for real
-        tokens and 0 for padding; token_type_ids default to zeros.
-      num_layers: run only the first `num_layers` layers (a teacher needs nothing above its
-        distillation layer). The pooler runs only when every layer ran.
-      deterministic: False applies dropout, drawn from `rngs` (an `nnx.Rngs` with a
-        'dropout' stream, or a PRNG key that seeds one).
-    """
-    cfg = self.config
-    n = cfg.num_layers if num_layers is None else num_layers
-    if not (isinstance(n, int) and 1 <= n <= cfg.num_layers):
-      raise ValueError(f"num_layers={num_layers!r}; must be an int in [1, {cfg.num_layers}]")
-    input_ids = jnp.asarray(input_ids)
-    attention_mask = jnp.asarray(attention_mask)
-    token_type_ids = (jnp.zeros_like(input_ids) if token_type_ids is None
-                      else jnp.asarray(token_type_ids))
-    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape \
-        or token_type_ids.shape != input_ids.shape:
-      raise ValueError(
-          f"input_ids {input_ids.shape}, attention_mask {attention_mask.shape} and "
-          f"token_type_ids {token_type_ids.shape} must all be [batch, length]")
-    if input_ids.shape[1] > cfg.max_sequence_length:
-      raise ValueError(f"input length {input_ids.shape[1]} exceeds the "
-                       f"{cfg.max_sequence_length} positions of this {cfg.family} model")
-    if not deterministic and rngs is None and (cfg.hidden_dropout or cfg.attention_dropout):
-      raise ValueError("deterministic=False applies dropout and needs rngs= (an nnx.Rngs with "
-                       "a 'dropout' stream, or a PRNG key)")
-    if isinstance(rngs, jax.Array):
-      rngs = nnx.Rngs(dropout=rngs)
+        Args:
+          input_ids, attention_mask, token_type_ids: int [B, T]; attention_mask is 1 for real
+            tokens and 0 for padding; token_type_ids default to zeros.
+          num_layers: run only the first `num_layers` layers (a teacher needs nothing above its
+            distillation layer). The pooler runs only when every layer ran.
+          deterministic: False applies dropout, drawn from `rngs` (an `nnx.Rngs` with a
+            'dropout' stream, or a PRNG key that seeds one).
+        """
+        cfg = self.config
+        n = cfg.num_layers if num_layers is None else num_layers
+        if not (isinstance(n, int) and 1 <= n <= cfg.num_layers):
+            raise ValueError(f"num_layers={num_layers!r}; must be an int in [1, {cfg.num_layers}]")
+        input_ids = jnp.asarray(input_ids)
+        attention_mask = jnp.asarray(attention_mask)
+        token_type_ids = (
+            jnp.zeros_like(input_ids) if token_type_ids is None else jnp.asarray(token_type_ids)
+        )
+        if (
+            input_ids.ndim != 2
+            or attention_mask.shape != input_ids.shape
+            or token_type_ids.shape != input_ids.shape
+        ):
+            raise ValueError(
+                f"input_ids {input_ids.shape}, attention_mask {attention_mask.shape} and "
+                f"token_type_ids {token_type_ids.shape} must all be [batch, length]"
+            )
+        if input_ids.shape[1] > cfg.max_sequence_length:
+            raise ValueError(
+                f"input length {input_ids.shape[1]} exceeds the "
+                f"{cfg.max_sequence_length} positions of this {cfg.family} model"
+            )
+        if not deterministic and rngs is None and (cfg.hidden_dropout or cfg.attention_dropout):
+            raise ValueError(
+                "deterministic=False applies dropout and needs rngs= (an nnx.Rngs with "
+                "a 'dropout' stream, or a PRNG key)"
+            )
+        if isinstance(rngs, jax.Array):
+            rngs = nnx.Rngs(dropout=rngs)
 
-    key_mask = attention_mask.astype(bool)
-    h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
-    hidden_states, qkv = [h], []
-    for i in range(n):
-      h, layer_qkv = self.layers[i](h, key_mask, deterministic=deterministic, rngs=rngs)
-      hidden_states.append(h)
-      qkv.append(layer_qkv)
-    pooled = self.pooler(h) if self.pooler is not None and n == cfg.num_layers else None
-    return TransformerOutput(last_hidden_state=h, hidden_states=tuple(hidden_states),
-                             qkv=tuple(qkv), pooler_output=pooled)
+        key_mask = attention_mask.astype(bool)
+        h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+        hidden_states, qkv = [h], []
+        for i in range(n):
+            h, layer_qkv = self.layers[i](h, key_mask, deterministic=deterministic, rngs=rngs)
+            hidden_states.append(h)
+            qkv.append(layer_qkv)
+        pooled = self.pooler(h) if self.pooler is not None and n == cfg.num_layers else None
+        return TransformerOutput(
+            last_hidden_state=h,
+            hidden_states=tuple(hidden_states),
+            qkv=tuple(qkv),
+            pooler_output=pooled,
+        )
