@@ -12,7 +12,8 @@ parameters.
 
 Data: English Wikipedia (TFDS wikipedia/20230601.en, prepared with
 `tfds build wikipedia/20230601.en --file_format=array_record`) + BookCorpus as local text
-files in corpora/bookcorpus/*.txt (one document per line; BookCorpus is not in TFDS).
+files in corpora/bookcorpus/*.txt (blank-line separated documents, e.g. one book or
+chapter each, so packed sequences span sentences; BookCorpus is not in TFDS).
 
 Teacher: download once on a machine with network access, e.g.
     hf download google-bert/bert-large-uncased --local-dir teachers/bert-large-uncased

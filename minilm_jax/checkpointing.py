@@ -109,7 +109,7 @@ def read_state(directory: str, step: int | None = None) -> Any:
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the train loop polls, so a preempted run saves a
+    """Turns SIGTERM into a flag the train loop polls, so a preempted run saves a
     checkpoint at the next step boundary instead of dying mid-step."""
 
     def __init__(self, signals=(signal.SIGTERM,)):

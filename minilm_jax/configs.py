@@ -188,13 +188,21 @@ def family_of_experiment(c: ml_collections.ConfigDict) -> str:
 # (1-based) and the relation heads. Large teachers' layers come from secondary sources; the
 # teacher-layer ablation (experiments/ablations.py) sweeps them.
 TEACHERS = {
-    "bert-base-uncased": dict(hub_id="google-bert/bert-base-uncased", layer=12, relation_heads=48),
-    "bert-large-uncased": dict(
-        hub_id="google-bert/bert-large-uncased", layer=21, relation_heads=64
+    "bert-base-uncased": dict(
+        hub_id="google-bert/bert-base-uncased", hidden=768, layers=12, layer=12, relation_heads=48
     ),
-    "roberta-large": dict(hub_id="FacebookAI/roberta-large", layer=19, relation_heads=64),
-    "xlm-roberta-large": dict(hub_id="FacebookAI/xlm-roberta-large", layer=19, relation_heads=64),
-    "xlm-roberta-base": dict(hub_id="FacebookAI/xlm-roberta-base", layer=12, relation_heads=48),
+    "bert-large-uncased": dict(
+        hub_id="google-bert/bert-large-uncased", hidden=1024, layers=24, layer=21, relation_heads=64
+    ),
+    "roberta-large": dict(
+        hub_id="FacebookAI/roberta-large", hidden=1024, layers=24, layer=19, relation_heads=64
+    ),
+    "xlm-roberta-large": dict(
+        hub_id="FacebookAI/xlm-roberta-large", hidden=1024, layers=24, layer=19, relation_heads=64
+    ),
+    "xlm-roberta-base": dict(
+        hub_id="FacebookAI/xlm-roberta-base", hidden=768, layers=12, layer=12, relation_heads=48
+    ),
 }
 
 # Corpora per teacher family. English Wikipedia comes through TFDS; BookCorpus, the rest of
@@ -204,7 +212,7 @@ CORPORA = {
     "bert": dict(
         tfds_sources="wikipedia/20230601.en:text",
         text_files="corpora/bookcorpus/*.txt",
-        text_format="line",
+        text_format="paragraph",
     ),
     "roberta": dict(
         tfds_sources="wikipedia/20230601.en:text",

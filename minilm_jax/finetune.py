@@ -40,7 +40,7 @@ from flax import nnx
 
 from minilm_jax import glue, hf, metrics, parallel
 from minilm_jax.models.transformer import FAMILIES, Transformer, TransformerConfig
-from minilm_jax.train import decay_mask
+from minilm_jax.optim import decay_mask
 
 HEADS = ("auto", "pooler", "cls")
 DTYPES = ("float32", "bfloat16")

@@ -23,8 +23,9 @@ from minilm_jax import data, plots, relations
 QKV = tuple[jax.Array, jax.Array, jax.Array]
 
 
-def encode_texts(tokenizer, family: str, texts: Sequence[str], *, max_tokens: int | None = None
-                 ) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+def encode_texts(
+    tokenizer, family: str, texts: Sequence[str], *, max_tokens: int | None = None
+) -> tuple[dict[str, np.ndarray], list[list[str]]]:
     """Texts -> a model batch and each text's token strings.
 
     Each text becomes ``[CLS] text [SEP]`` (the family's start and separator tokens, exactly
@@ -45,23 +46,37 @@ def encode_texts(tokenizer, family: str, texts: Sequence[str], *, max_tokens: in
     rows = [data.make_sequence(c, special, length) for c in contents]
     batch = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
     tokens = [
-        [tokenizer.id_to_token(int(i)) or "?" for i, m in zip(row["input_ids"], row["attention_mask"]) if m]
+        [
+            tokenizer.id_to_token(int(i)) or "?"
+            for i, m in zip(row["input_ids"], row["attention_mask"])
+            if m
+        ]
         for row in rows
     ]
     return batch, tokens
 
 
-def relation_maps(qkv: QKV, attention_mask: jax.Array, pairs: Sequence[str],
-                  num_relation_heads: int) -> dict[str, np.ndarray]:
+def relation_maps(
+    qkv: QKV, attention_mask: jax.Array, pairs: Sequence[str], num_relation_heads: int
+) -> dict[str, np.ndarray]:
     """``{pair: softmax(X_r Y_r^T / sqrt(d_r))}``, float32 ``[B, R, T, T]`` per pair name."""
     for pair in pairs:
         _check_pair(pair)
-    return {pair: np.asarray(plots.relation_probabilities(qkv, attention_mask, pair, num_relation_heads))
-            for pair in pairs}
+    return {
+        pair: np.asarray(
+            plots.relation_probabilities(qkv, attention_mask, pair, num_relation_heads)
+        )
+        for pair in pairs
+    }
 
 
-def per_head_kl(teacher_qkv: QKV, student_qkv: QKV, attention_mask: jax.Array, pair: str,
-                num_relation_heads: int) -> jax.Array:
+def per_head_kl(
+    teacher_qkv: QKV,
+    student_qkv: QKV,
+    attention_mask: jax.Array,
+    pair: str,
+    num_relation_heads: int,
+) -> jax.Array:
     """KL(teacher || student) of the pair's relation, one value per relation head: ``[R]``.
 
     Each head is averaged like the training loss (valid query rows of each sequence, then the
@@ -69,8 +84,12 @@ def per_head_kl(teacher_qkv: QKV, student_qkv: QKV, attention_mask: jax.Array, p
     ``relations.minilmv2_loss``.
     """
     ix, iy = _check_pair(pair)
-    t_logits = relations.relation_logits(teacher_qkv[ix], teacher_qkv[iy], attention_mask, num_relation_heads)
-    s_logits = relations.relation_logits(student_qkv[ix], student_qkv[iy], attention_mask, num_relation_heads)
+    t_logits = relations.relation_logits(
+        teacher_qkv[ix], teacher_qkv[iy], attention_mask, num_relation_heads
+    )
+    s_logits = relations.relation_logits(
+        student_qkv[ix], student_qkv[iy], attention_mask, num_relation_heads
+    )
     # One head at a time is the one-head case of relation_kl: [B, 1, T, T] per head.
     return jax.vmap(
         lambda t, s: relations.relation_kl(t[:, None], s[:, None], attention_mask), in_axes=1
@@ -88,9 +107,16 @@ def format_kl_table(kl_by_pair: Mapping[str, Sequence[float]]) -> str:
     return "\n".join(lines)
 
 
-def plot_relation_heads(top: np.ndarray, bottom: np.ndarray, tokens: Sequence[str], *,
-                        heads: Sequence[int], labels: tuple[str, str] = ("teacher", "student"),
-                        kl: Sequence[float] | None = None, title: str = "relation") -> Figure:
+def plot_relation_heads(
+    top: np.ndarray,
+    bottom: np.ndarray,
+    tokens: Sequence[str],
+    *,
+    heads: Sequence[int],
+    labels: tuple[str, str] = ("teacher", "student"),
+    kl: Sequence[float] | None = None,
+    title: str = "relation",
+) -> Figure:
     """Two relations of one sentence, one column per relation head in ``heads``: ``top``
     (e.g. the teacher's) above ``bottom`` (e.g. the student's), both ``[R, T, T]``. Only the
     first ``len(tokens)`` rows and columns (the real tokens) are drawn. ``kl`` (``[R]``, e.g.
@@ -129,12 +155,18 @@ def plot_head_kl(kl_by_pair: Mapping[str, Sequence[float]]) -> Figure:
     pairs = list(kl_by_pair)
     num_heads = len(kl_by_pair[pairs[0]])
     width = 0.8 / len(pairs)
-    fig = Figure(figsize=(min(max(6.0, 0.3 * num_heads * len(pairs)), 14.0), 3.6), layout="constrained")
+    fig = Figure(
+        figsize=(min(max(6.0, 0.3 * num_heads * len(pairs)), 14.0), 3.6), layout="constrained"
+    )
     ax = fig.subplots()
     for i, pair in enumerate(pairs):
         values = np.asarray(kl_by_pair[pair], np.float64)
-        ax.bar(np.arange(num_heads) + (i - (len(pairs) - 1) / 2) * width, values, width,
-               label=f"{pair.upper()} (mean {values.mean():.3f})")
+        ax.bar(
+            np.arange(num_heads) + (i - (len(pairs) - 1) / 2) * width,
+            values,
+            width,
+            label=f"{pair.upper()} (mean {values.mean():.3f})",
+        )
     ax.set_xticks(range(num_heads))
     ax.set_xlabel("relation head")
     ax.set_ylabel("KL(teacher || student)")
@@ -145,5 +177,7 @@ def plot_head_kl(kl_by_pair: Mapping[str, Sequence[float]]) -> Figure:
 
 def _check_pair(pair: str) -> tuple[int, int]:
     if pair not in relations.PAIR_NAMES:
-        raise ValueError(f"pair {pair!r} must be two letters of q/k/v, one of {', '.join(relations.PAIR_NAMES)}")
+        raise ValueError(
+            f"pair {pair!r} must be two letters of q/k/v, one of {', '.join(relations.PAIR_NAMES)}"
+        )
     return relations.QKV_KINDS.index(pair[0]), relations.QKV_KINDS.index(pair[1])

@@ -33,6 +33,8 @@ def initialize_distributed(distributed: Mapping[str, Any] | None) -> None:
     }
     if not explicit and not distributed.get("auto", False):
         return
+    if jax.distributed.is_initialized():  # e.g. the second run of a sweep in one process
+        return
     if distributed.get("cpu_collectives"):
         # Real multi-process runs on CPU (tests, laptops) need a collectives backend.
         jax.config.update("jax_cpu_collectives_implementation", distributed["cpu_collectives"])

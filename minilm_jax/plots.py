@@ -7,13 +7,21 @@ import os
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from minilm_jax import metrics, relations
 
-from minilm_jax import metrics, relations  # noqa: E402
+
+def _pyplot():
+    """pyplot on the Agg backend, chosen only when a picture is written (importing this
+    module in a notebook leaves the notebook's backend alone)."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() != "agg" and "inline" not in matplotlib.get_backend():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_loss_curves(metrics_path: str, out_path: str) -> str:
@@ -21,6 +29,7 @@ def plot_loss_curves(metrics_path: str, out_path: str) -> str:
     records = metrics.read_jsonl(metrics_path)
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = sorted({k for r in train for k in r if k.startswith("loss/")})
     if train:
@@ -59,6 +68,7 @@ def relation_probabilities(qkv, attention_mask, pair: str, num_relation_heads: i
 def plot_relations(teacher_rel, student_rel, tokens: list[str], pairs, out_path: str) -> str:
     """One row per pair: teacher | student | |difference|, each the mean over relation heads."""
     n = len(tokens)
+    plt = _pyplot()
     fig, axes = plt.subplots(len(pairs), 3, figsize=(12, 3.8 * len(pairs)), squeeze=False)
     for row, pair in enumerate(pairs):
         t = np.asarray(teacher_rel[pair])[:n, :n]
@@ -94,8 +104,10 @@ def write_run_plots(
     }
     if not eval_text:
         cfg = data.validate_data_config(config.data)
-        _, held_out = data.held_out_split(data.load_documents(cfg), cfg["eval_every_kth_document"])
-        eval_text = held_out[0]
+        train_docs, held_out = data.held_out_split(
+            data.load_documents(cfg), cfg["eval_every_kth_document"]
+        )
+        eval_text = held_out[0] if len(held_out) else train_docs[0]
     special = data.special_token_ids(tokenizer, teacher.config.family)
     content = data.DocumentTokenizer(tokenizer)(eval_text)[: min(config.max_len, 40) - 2]
     ids = np.asarray(data.make_sequence(content, special, len(content) + 2)["input_ids"])

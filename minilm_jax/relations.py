@@ -298,7 +298,9 @@ class _Entry:
     check: RelationCheck | None
 
 
-_REGISTRY: dict[str, _Entry] = {}
+# Kept across `importlib.reload` (notebook autoreload), so user relations survive an edit
+# of this file.
+_REGISTRY: dict[str, _Entry] = globals().get("_REGISTRY", {})
 
 
 def register_relation(
@@ -459,8 +461,8 @@ def _attention_pair(pair: str) -> RelationFn:
     return relation
 
 
-register_relation("attn_qk", _attention_pair("qk"), check=_check_attention_heads)
-register_relation("attn_vv", _attention_pair("vv"), check=_check_attention_heads)
+register_relation("attn_qk", _attention_pair("qk"), check=_check_attention_heads, replace=True)
+register_relation("attn_vv", _attention_pair("vv"), check=_check_attention_heads, replace=True)
 MINILM_V1_RELATIONS: tuple[str, ...] = ("attn_qk", "attn_vv")
 
 

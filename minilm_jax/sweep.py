@@ -155,10 +155,17 @@ def main(argv: list[str]) -> None:
             continue
         print(f"[{i}/{len(points)}] {name}: {overrides}", flush=True)
         try:
-            train.train_and_evaluate(point_config(_CONFIG.value, overrides), workdir)
+            summary = train.train_and_evaluate(point_config(_CONFIG.value, overrides), workdir)
         except (ValueError, FileNotFoundError, train.TrainingError) as e:
             print(f"error in sweep point {name}: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
+        if summary.get("preempted_at"):
+            print(
+                f"Sweep stopped: {name} was preempted at step {summary['preempted_at']}; "
+                "rerun the same command to resume.",
+                flush=True,
+            )
+            sys.exit(3)
     rows = summarize(root, [name for name, _ in points])
     print(markdown_table(rows))
     print(f"Summary written to {os.path.join(root, 'summary.md')}", flush=True)

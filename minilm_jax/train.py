@@ -14,7 +14,6 @@ import functools
 import importlib
 import json
 import logging
-import math
 import os
 from typing import Any, Mapping
 
@@ -28,11 +27,10 @@ from flax import nnx
 
 from minilm_jax import checkpointing, data, hf, metrics, parallel, relations
 from minilm_jax.configs import SMOKE_TEACHER
-from minilm_jax.models.transformer import Transformer, TransformerConfig, student_config
+from minilm_jax.optim import decay_mask
+from minilm_jax.models.transformer import DTYPES, Transformer, TransformerConfig, student_config
 
-DTYPES = ("float32", "bfloat16")
 STUDENT_INITS = ("random", "teacher")
-IMPLEMENTATIONS = ("auto", "direct", "blocked")
 
 
 class TrainingError(RuntimeError):
@@ -67,17 +65,28 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
         _fail("dtype", config.dtype, f"allowed: {DTYPES}")
     if config.student.init not in STUDENT_INITS:
         _fail("student.init", config.student.init, f"allowed: {STUDENT_INITS}")
-    if config.distill.implementation not in IMPLEMENTATIONS:
+    if config.distill.implementation not in relations.IMPLEMENTATIONS:
         _fail(
-            "distill.implementation", config.distill.implementation, f"allowed: {IMPLEMENTATIONS}"
+            "distill.implementation",
+            config.distill.implementation,
+            f"allowed: {relations.IMPLEMENTATIONS}",
         )
-    for field in ("total_steps", "max_len", "log_every", "checkpoint_every", "grad_accum_steps"):
+    for field in (
+        "total_steps",
+        "max_len",
+        "log_every",
+        "checkpoint_every",
+        "grad_accum_steps",
+        "keep_checkpoints",
+    ):
         if int(config[field]) <= 0:
             _fail(field, config[field], "must be a positive integer")
     if not 0 <= config.warmup_steps <= config.total_steps:
         _fail(
             "warmup_steps", config.warmup_steps, f"must be in 0..total_steps={config.total_steps}"
         )
+    if config.eval_every < 0:
+        _fail("eval_every", config.eval_every, "must be >= 0 (0 = only at the start and the end)")
     parallel.check_batch_size(config.batch_size, "batch_size")
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     if config.batch_size % (config.grad_accum_steps * jax.device_count()):
@@ -102,6 +111,13 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
             f"needs one weight per relation {relation_names} (or None for all 1)",
         )
     data_cfg = data.validate_data_config(config.data)
+    if data_cfg["num_epochs"] is not None and jax.process_count() > 1:
+        _fail(
+            "data.num_epochs",
+            data_cfg["num_epochs"],
+            "must be None in multi-host runs (hosts hold different shards and would run out "
+            "at different steps); bound the run with total_steps instead",
+        )
     if data_cfg["text_files"]:
         data.expand_globs(data_cfg["text_files"])  # a glob that matches nothing: name it now
 
@@ -230,6 +246,16 @@ def _sync_hosts(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def truncate_teacher(teacher: Transformer, layer: int) -> Transformer:
+    """Keeps the teacher's layers 1..``layer`` and drops its pooler: the distillation reads
+    nothing above layer L, so the rest never goes to the devices (for RoBERTa-large at layer
+    19 that is 5 layers per device)."""
+    teacher.layers = nnx.List(list(teacher.layers)[:layer])
+    teacher.pooler = None
+    teacher.config = teacher.config.replace(num_layers=layer)
+    return teacher
+
+
 def init_student(
     config, student_cfg: TransformerConfig, teacher: Transformer, teacher_cfg
 ) -> Transformer:
@@ -242,14 +268,29 @@ def init_student(
     return student
 
 
-def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices (kernels, embeddings) only: not on biases or LayerNorm."""
+def _path_keys(path) -> list:
+    return [getattr(k, "key", getattr(k, "name", k)) for k in path]
 
-    def is_matrix(path, leaf):
-        del path
-        return leaf.ndim >= 2
 
-    return jax.tree_util.tree_map_with_path(is_matrix, params)
+def unreachable_params(params: Any, num_layers: int) -> Any:
+    """True for the student parameters the relation loss cannot reach: in the last layer
+    everything after the q/k/v projections (attention output, its LayerNorm, the
+    feed-forward), and the pooler. Freezing them (no update, no weight decay) keeps them at
+    their initial values, as PyTorch's AdamW does for parameters that get no gradient;
+    decoupled weight decay would otherwise shrink them towards zero over the run."""
+
+    def frozen(path, leaf) -> bool:
+        del leaf
+        keys = _path_keys(path)
+        if keys[0] == "pooler":
+            return True
+        if keys[0] == "layers" and keys[1] == num_layers - 1:
+            return keys[2] == "feed_forward" or (
+                keys[2] == "attention" and keys[3] in ("output", "layer_norm")
+            )
+        return False
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -260,7 +301,8 @@ def learning_rate_schedule(config) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [config.warmup_steps])
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def make_optimizer(config, student_num_layers: int) -> optax.GradientTransformation:
+    """AdamW with the paper's settings on what the loss reaches; the rest is frozen."""
     adamw = optax.adamw(
         learning_rate_schedule(config),
         b1=config.adam_b1,
@@ -270,8 +312,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
         mask=decay_mask,
     )
     if config.grad_clip_norm:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
-    return adamw
+        adamw = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+
+    def labels(params):
+        frozen = unreachable_params(params, student_num_layers)
+        return jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+
+    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
 @flax.struct.dataclass
@@ -456,6 +503,7 @@ def setup_run(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Ru
     validate_against_teacher(config, teacher_cfg)
     student_cfg = make_student_config(config, teacher_cfg)
     student = init_student(config, student_cfg, teacher, teacher_cfg)
+    teacher = truncate_teacher(teacher, config.teacher.layer)
     logging.info(
         "teacher %s (layer %d of %d), student %s",
         teacher_path,
@@ -467,7 +515,7 @@ def setup_run(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Ru
     mesh = mesh or parallel.make_mesh()
     teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
     student_graphdef, params = nnx.split(student, nnx.Param)
-    tx = make_optimizer(config)
+    tx = make_optimizer(config, student_cfg.num_layers)
     schedule = learning_rate_schedule(config)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -580,7 +628,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f"Resumed from step {latest} ({ckpt.directory})", flush=True)
 
     writer = metrics.MetricWriter(workdir)
-    stop = checkpointing.StopSignal()
+    # Multi-host: JAX's own preemption notifier (started by jax.distributed.initialize)
+    # handles SIGTERM and makes every host agree on the step; a Python handler would
+    # replace it, so one is installed only for single-process runs.
+    stop = checkpointing.StopSignal() if jax.process_count() == 1 else None
     start_step = int(jax.device_get(state.step))
     summary: dict[str, Any] = {"workdir": workdir, "start_step": start_step}
 
@@ -598,6 +649,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     if start_step == 0 and config.eval_at_start:
         summary["eval_start"] = run_eval(0)
+    elif latest is not None:
+        summary["eval_start"] = _logged_eval(workdir, step=0)  # from before the restart
 
     progress = metrics.Progress(config.total_steps, start_step)
     pending: list[tuple[int, Any]] = []
@@ -634,14 +687,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, means, kind="train")
                 window, window_steps = {}, 0
 
+    last_step = config.total_steps
     try:
         for step in range(start_step + 1, config.total_steps + 1):
-            state, step_metrics = run.step_fn(
-                state, next_train_batch(train_iter, mesh), teacher_params
-            )
+            try:
+                batch = next_train_batch(train_iter, mesh)
+            except StopIteration:  # a finite data.num_epochs ran out before total_steps
+                last_step = step - 1
+                if jax.process_index() == 0:
+                    print(f"Data exhausted (data.num_epochs) after step {last_step}.", flush=True)
+                if last_step > start_step and ckpt.latest_step() != last_step:
+                    drain(keep_last=0)
+                    ckpt.save(last_step, state, train_iter, force=True)
+                break
+            state, step_metrics = run.step_fn(state, batch, teacher_params)
             pending.append((step, step_metrics))
             drain(keep_last=1)
-            preempted = _stop_requested(stop, ckpt, step, config)
+            preempted = _stop_requested(stop, ckpt, step)
             if step % config.checkpoint_every == 0 or preempted or step == config.total_steps:
                 drain(keep_last=0)  # never checkpoint a state whose step we have not checked
                 ckpt.save(step, state, train_iter, force=True)
@@ -654,23 +716,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     print(f"Stopped at step {step} on request; checkpoint saved.", flush=True)
                 return summary
         drain(keep_last=0)
-        summary["eval_end"] = run_eval(config.total_steps)
+        summary["eval_end"] = run_eval(last_step)
     finally:
         train_iter.close()  # stops Grain's prefetch thread
-        stop.restore_handlers()
+        if stop is not None:
+            stop.restore_handlers()
         ckpt.wait()
         ckpt.close()
         writer.close()
-    summary["last_checkpoint"] = config.total_steps
+    summary["last_checkpoint"] = last_step
 
+    # Replicated arrays: this host's first shard is the whole value, even in multi-host runs.
+    host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
     if config.export_hf:
         summary["hf_student"] = export_student(
-            state.params, run.student_graphdef, run.student_cfg, run.teacher_path, workdir
+            host_params, run.student_graphdef, run.student_cfg, run.teacher_path, workdir
         )
     if config.plots and jax.process_index() == 0:
         from minilm_jax import plots
 
-        student = nnx.merge(run.student_graphdef, state.params)
+        student = nnx.merge(run.student_graphdef, host_params)
         summary["plots"] = plots.write_run_plots(
             workdir, run.teacher, student, run.tokenizer, config, eval_text=config.plot_text
         )
@@ -681,29 +746,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _stop_requested(
-    stop: checkpointing.StopSignal, ckpt: checkpointing.Checkpointer, step: int, config
+    stop: checkpointing.StopSignal | None, ckpt: checkpointing.Checkpointer, step: int
 ) -> bool:
-    """A SIGTERM on this host, or a preemption notice every host has reached. In multi-host
-    runs the local flag is shared at log steps so that all hosts stop at the same step."""
-    if jax.process_count() == 1:
+    """SIGTERM in a single-process run; in multi-host runs, a preemption notice that every
+    host has reached at this step (so all of them checkpoint the same step)."""
+    if stop is not None:
         return stop.requested
-    if ckpt.reached_preemption(step):
-        return True
-    if step % config.log_every:
-        return False
-    from jax.experimental import multihost_utils
+    return ckpt.reached_preemption(step)
 
-    flags = multihost_utils.process_allgather(np.asarray(stop.requested, np.int32))
-    return bool(np.any(flags))
+
+def _logged_eval(workdir: str, step: int) -> dict[str, float] | None:
+    """A held-out result recorded in metrics.jsonl (the start loss of a resumed run)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    for record in metrics.read_jsonl(path):
+        if record["kind"] == "eval" and record["step"] == step:
+            return {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
+    return None
 
 
 def export_student(
-    params, graphdef, student_cfg: TransformerConfig, teacher_path: str, workdir: str
+    host_params, graphdef, student_cfg: TransformerConfig, teacher_path: str, workdir: str
 ) -> str:
     """Writes the student (float32 config) with the teacher's tokenizer to WORKDIR/hf_student."""
     path = os.path.join(workdir, "hf_student")
-    # Replicated arrays: this host's first shard is the whole value, even in multi-host runs.
-    host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, host_params)
         hf.save_pretrained(student_cfg.replace(dtype="float32"), model, path)
@@ -711,7 +778,3 @@ def export_student(
         print(f"Student written to {path}", flush=True)
     _sync_hosts("export")
     return path
-
-
-def count_params(params) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

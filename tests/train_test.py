@@ -81,7 +81,8 @@ def test_sharded_step_matches_one_device_and_compiles_once(teacher_dir, tmp_path
         run = train.setup_run(config, str(tmp_path), mesh=parallel.make_mesh(devices))
         batches = host_batches(config, run, 3)
         # A traced-once guard on the real step function: a second trace means a recompile.
-        tx, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
+        tx = train.make_optimizer(config, run.student_cfg.num_layers)
+        schedule = train.learning_rate_schedule(config)
 
         @chex.assert_max_traces(n=1)
         def step(state, batch, teacher_params):
@@ -124,12 +125,43 @@ def test_weight_decay_skips_biases_and_layernorm(teacher_dir, tmp_path):
     run = train.setup_run(smoke_config(teacher_dir), str(tmp_path))
     mask = train.decay_mask(run.state.params)
     flat = {
-        "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf
+        "/".join(str(k) for k in train._path_keys(path)): leaf
         for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]
     }
     decayed = sorted(k for k, v in flat.items() if v)
     assert decayed and all(("kernel" in k or "embedding" in k) for k in decayed)
     assert not any(v for k, v in flat.items() if "bias" in k or "layer_norm" in k)
+
+
+def test_parameters_the_loss_cannot_reach_stay_frozen(teacher_dir, tmp_path):
+    """The student's last attention output, its LayerNorm, its feed-forward and the pooler get
+    no gradient from the relation loss; with weight decay 0.01 they must still not move."""
+    config = smoke_config(teacher_dir, weight_decay=0.5, learning_rate=0.1)
+    run = train.setup_run(config, str(tmp_path))
+    before = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), run.state.params)
+    state, _ = run_steps(run, host_batches(config, run, 2), 2)
+    after = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
+    frozen = train.unreachable_params(before, run.student_cfg.num_layers)
+    def name(path):  # State paths end in the Variable's `value` attribute
+        return "/".join(str(k) for k in train._path_keys(path) if k != "value")
+
+    moved = {
+        name(path): bool(np.any(a != b))
+        for (path, a), b in zip(
+            jax.tree_util.tree_flatten_with_path(before)[0], jax.tree.leaves(after)
+        )
+    }
+    is_frozen = {
+        name(path): f
+        for path, f in jax.tree_util.tree_flatten_with_path(frozen)[0]
+    }
+    last = run.student_cfg.num_layers - 1
+    assert is_frozen[f"layers/{last}/feed_forward/intermediate/kernel"]
+    assert is_frozen[f"layers/{last}/attention/output/kernel"]
+    assert not is_frozen[f"layers/{last}/attention/query/kernel"]
+    assert is_frozen["pooler/dense/kernel"]
+    for name, f in is_frozen.items():
+        assert moved[name] != f, name  # frozen ones stayed, every other one trained
 
 
 def test_lr_schedule_warmup_then_linear_decay(teacher_dir):
@@ -384,6 +416,28 @@ def test_empty_corpus_is_named(teacher_dir, tmp_path):
     )
     with pytest.raises(ValueError, match=r"no documents"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_finite_epochs_end_the_run_with_a_checkpoint(teacher_dir, tmp_path):
+    words = data.python_docs_documents()[:40]
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(d.split()[:20]) for d in words))
+    config = smoke_config(
+        teacher_dir,
+        total_steps=100,
+        checkpoint_every=50,
+        eval_every=0,
+        export_hf=False,
+        **{
+            "data.python_docs": False,
+            "data.text_files": str(tmp_path / "corpus.txt"),
+            "data.text_format": "line",
+            "data.num_epochs": 1,
+        },
+    )
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    last = summary["last_checkpoint"]
+    assert 0 < last < 100
+    assert checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), every=1, keep=2).all_steps() == [last]
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):

@@ -6,9 +6,9 @@ object per case with the step time, tokens/s, model FLOPs per step and the fract
 machine's measured dense-matmul throughput the step achieves (for a GPU: MFU against
 ``--peak_tflops``).
 
-Model FLOPs count the matmuls of the model as written (2 per multiply-add): the teacher's
-forward up to layer L, the student's forward and backward (backward = 2x forward), and the
-relation logits of both models. Elementwise work (GELU, LayerNorm, softmax) is not counted,
+Model FLOPs count the matmuls the step needs (2 per multiply-add): the teacher's forward up
+to the q/k/v of layer L, the student's forward and backward up to the q/k/v of its last layer
+(backward = 2x forward), and the relation logits of both models. Elementwise work (GELU, LayerNorm, softmax) is not counted,
 as usual for MFU.
 """
 
@@ -44,9 +44,19 @@ def relation_flops(widths: tuple[int, ...], num_pairs: int, batch: int, length: 
     return float(sum(2 * batch * length * length * w * num_pairs for w in widths))
 
 
+def qkv_flops(cfg: TransformerConfig, batch: int, length: int) -> float:
+    """The q/k/v projections of one layer: all the distillation reads of its top layer."""
+    return float(batch * length * 2 * 3 * cfg.hidden_size * cfg.hidden_size)
+
+
 def step_flops(teacher_cfg, student_cfg, layer, batch, length, num_pairs) -> float:
-    teacher = encoder_forward_flops(teacher_cfg, layer, batch, length)
-    student = 3 * encoder_forward_flops(student_cfg, student_cfg.num_layers, batch, length)
+    """Only what the step computes: of the teacher's layer L and the student's last layer,
+    only q/k/v feed the loss (XLA drops their attention and feed-forward), so those are not
+    counted; the student's backward is counted as twice its forward."""
+    teacher = encoder_forward_flops(teacher_cfg, layer - 1, batch, length)
+    teacher += qkv_flops(teacher_cfg, batch, length)
+    student_fwd = encoder_forward_flops(student_cfg, student_cfg.num_layers - 1, batch, length)
+    student = 3 * (student_fwd + qkv_flops(student_cfg, batch, length))
     rel = relation_flops((teacher_cfg.hidden_size,), num_pairs, batch, length)
     rel += 3 * relation_flops((student_cfg.hidden_size,), num_pairs, batch, length)
     return teacher + student + rel
@@ -104,7 +114,7 @@ def bench_case(args) -> dict:
     mesh = parallel.make_mesh()
     teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
     student_graphdef, params = nnx.split(student, nnx.Param)
-    tx = train.make_optimizer(config)
+    tx = train.make_optimizer(config, student_cfg.num_layers)
     state = train.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

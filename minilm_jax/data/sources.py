@@ -218,7 +218,9 @@ class TfdsDocuments(collections.abc.Sequence):
         value = self._source[i]
         for key in self._feature_path:
             value = value[key]
-        return _as_text(value).strip()
+        # Lines joined with spaces, as for text files: byte-level BPE would otherwise emit
+        # newline tokens that the teachers never saw inside a sequence.
+        return " ".join(line.strip() for line in _as_text(value).splitlines() if line.strip())
 
 
 def _feature_paths(features: Any, prefix: str = "") -> list[str]:
