@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minilm_jax import parallel, train
+from minilm_jax import parallel, relations, train
 from minilm_jax.configs import base_config
 from minilm_jax.models.transformer import Transformer, TransformerConfig, student_config
 
@@ -180,15 +180,82 @@ def bench_case(args) -> dict:
         "achieved_tflops_per_s": flops / seconds / 1e12,
         "temp_memory_mb": getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory else None,
     }
-    if args.peak_tflops:
-        result["mfu"] = flops / seconds / (args.peak_tflops * 1e12)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    if peak:
+        result["mfu"] = flops / seconds / peak
         result["peak_tflops"] = args.peak_tflops
     else:
-        peak = matmul_throughput(dtype, args.repeats)
-        result["matmul_peak_tflops_per_s"] = peak["flops_per_s"] / 1e12
-        result["matmul_peak_shape"] = peak["shape"]
-        result["fraction_of_matmul_peak"] = flops / seconds / peak["flops_per_s"]
-    return result
+        measured = matmul_throughput(dtype, args.repeats)
+        peak = measured["flops_per_s"]
+        result["matmul_peak_tflops_per_s"] = peak / 1e12
+        result["matmul_peak_shape"] = measured["shape"]
+        result["fraction_of_matmul_peak"] = flops / seconds / peak
+    results = [result]
+    if args.parts:
+        results += bench_parts(args, spec, holder["state"].params, teacher_params, batch, peak)
+    return results
+
+
+def bench_parts(args, spec, params, teacher_params, batch, peak) -> list[dict]:
+    """Where a step's time goes: the teacher's forward, the student's forward + backward
+    (to its last q/k/v), and the relation KL with its gradient, each jitted on its own."""
+    t_graph, s_graph, layer = spec.teacher_graphdef, spec.student_graphdef, spec.teacher_layer
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+
+    def teacher_qkv(tp):
+        return nnx.merge(t_graph, tp)(ids, mask, num_layers=layer).qkv[layer - 1]
+
+    def student_sq(sp):
+        return sum(
+            jnp.sum(jnp.square(x.astype(jnp.float32)))
+            for x in nnx.merge(s_graph, sp)(ids, mask).qkv[-1]
+        )
+
+    t_qkv = jax.jit(teacher_qkv)(teacher_params)
+    s_qkv = jax.jit(lambda sp: nnx.merge(s_graph, sp)(ids, mask).qkv[-1])(params)
+
+    def relation_grad(t, s):
+        return jax.grad(
+            lambda s_: relations.distillation_loss(t, s_, mask, spec.relations, spec.context)[0]
+        )(s)
+
+    t_cfg, s_cfg = nnx.merge(t_graph, teacher_params).config, nnx.merge(s_graph, params).config
+    b, n = args.batch, args.length
+    cases = [
+        (
+            "teacher_forward",
+            jax.jit(teacher_qkv),
+            (teacher_params,),
+            encoder_forward_flops(t_cfg, layer - 1, b, n) + qkv_flops(t_cfg, b, n),
+        ),
+        (
+            "student_forward_backward",
+            jax.jit(jax.grad(student_sq)),
+            (params,),
+            3 * (encoder_forward_flops(s_cfg, s_cfg.num_layers - 1, b, n) + qkv_flops(s_cfg, b, n)),
+        ),
+        (
+            "relation_kl_with_grad",
+            jax.jit(relation_grad),
+            (t_qkv, s_qkv),
+            relation_flops((t_cfg.hidden_size,), 3, b, n)
+            + 3 * relation_flops((s_cfg.hidden_size,), 3, b, n),
+        ),
+    ]
+    out = []
+    for name, fn, fn_args, flops in cases:
+        jax.block_until_ready(fn(*fn_args))
+        seconds = median_time(lambda: fn(*fn_args), args.repeats)
+        out.append(
+            {
+                "case": name,
+                "seconds": seconds,
+                "model_tflops": flops / 1e12,
+                "achieved_tflops_per_s": flops / seconds / 1e12,
+                "fraction_of_peak": flops / seconds / peak,
+            }
+        )
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -212,5 +279,11 @@ def main(argv: list[str]) -> None:
         default=0.0,
         help="accelerator peak (e.g. 989 for H100 SXM bf16 dense) -> report MFU",
     )
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="also time the teacher forward, student forward+backward and relation KL",
+    )
     args = p.parse_args(argv)
-    print(json.dumps(bench_case(args)), flush=True)
+    for result in bench_case(args):
+        print(json.dumps(result), flush=True)
