@@ -25,6 +25,7 @@ import numpy as np
 import tokenizers
 
 from minilm_jax.data.packing import special_token_ids
+from minilm_jax.data.sources import as_text
 
 # ---------------------------------------------------------------------------------------------
 # Tasks
@@ -284,7 +285,7 @@ def examples_from_source(
                     f"they have {sorted(example)}"
                 )
         for column, feature in zip(texts, task.text_features):
-            column.append(_as_text(example[feature]))
+            column.append(as_text(example[feature]))
         labels.append(np.asarray(example["label"]).item())
     label_array = np.asarray(labels, np.float32 if task.regression else np.int64)
     if not task.regression:
@@ -296,14 +297,6 @@ def examples_from_source(
                 f"have no labels (-1), use a train/validation split"
             )
     return Examples(tuple(tuple(column) for column in texts), label_array)
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value.item()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
 
 
 # ---------------------------------------------------------------------------------------------

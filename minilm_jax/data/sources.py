@@ -157,7 +157,8 @@ def parse_tfds_spec(spec: str) -> tuple[str, str]:
     return name, feature
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A TFDS string feature (bytes, 0-d array or str) as text."""
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value.item()
     if isinstance(value, bytes):
@@ -220,7 +221,7 @@ class TfdsDocuments(collections.abc.Sequence):
             value = value[key]
         # Lines joined with spaces, as for text files: byte-level BPE would otherwise emit
         # newline tokens that the teachers never saw inside a sequence.
-        return " ".join(line.strip() for line in _as_text(value).splitlines() if line.strip())
+        return " ".join(line.strip() for line in as_text(value).splitlines() if line.strip())
 
 
 def _feature_paths(features: Any, prefix: str = "") -> list[str]:
