@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from minilm_jax import checkpointing, configs, data, hf, metrics, parallel, tiny, train
 from minilm_jax.configs import SMOKE_TEACHER
@@ -142,6 +143,7 @@ def test_parameters_the_loss_cannot_reach_stay_frozen(teacher_dir, tmp_path):
     state, _ = run_steps(run, host_batches(config, run, 2), 2)
     after = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
     frozen = train.unreachable_params(before, run.student_cfg.num_layers)
+
     def name(path):  # State paths end in the Variable's `value` attribute
         return "/".join(str(k) for k in train._path_keys(path) if k != "value")
 
@@ -151,10 +153,7 @@ def test_parameters_the_loss_cannot_reach_stay_frozen(teacher_dir, tmp_path):
             jax.tree_util.tree_flatten_with_path(before)[0], jax.tree.leaves(after)
         )
     }
-    is_frozen = {
-        name(path): f
-        for path, f in jax.tree_util.tree_flatten_with_path(frozen)[0]
-    }
+    is_frozen = {name(path): f for path, f in jax.tree_util.tree_flatten_with_path(frozen)[0]}
     last = run.student_cfg.num_layers - 1
     assert is_frozen[f"layers/{last}/feed_forward/intermediate/kernel"]
     assert is_frozen[f"layers/{last}/attention/output/kernel"]
@@ -162,6 +161,27 @@ def test_parameters_the_loss_cannot_reach_stay_frozen(teacher_dir, tmp_path):
     assert is_frozen["pooler/dense/kernel"]
     for name, f in is_frozen.items():
         assert moved[name] != f, name  # frozen ones stayed, every other one trained
+
+
+def test_student_init_from_teacher_layers(teacher_dir, tmp_path):
+    config = smoke_config(
+        teacher_dir,
+        **{"student.spec": "2x64", "student.init": "teacher", "student.intermediate_size": 128},
+    )
+    run = train.setup_run(config, str(tmp_path))
+    _, teacher = hf.load_pretrained(teacher_dir)
+    student = nnx.merge(run.student_graphdef, run.state.params)
+    assert train.teacher_init_layers(config, run.teacher_cfg, run.student_cfg) == (1, 3)
+    for dst, src in ((0, 1), (1, 3)):
+        for a, b in zip(
+            jax.tree.leaves(nnx.state(student.layers[dst], nnx.Param)),
+            jax.tree.leaves(nnx.state(teacher.layers[src], nnx.Param)),
+        ):
+            np.testing.assert_array_equal(np.asarray(a.addressable_data(0)), np.asarray(b))
+    np.testing.assert_array_equal(
+        np.asarray(student.embeddings.word_embeddings.embedding[...].addressable_data(0)),
+        np.asarray(teacher.embeddings.word_embeddings.embedding[...]),
+    )
 
 
 def test_lr_schedule_warmup_then_linear_decay(teacher_dir):
@@ -437,7 +457,9 @@ def test_finite_epochs_end_the_run_with_a_checkpoint(teacher_dir, tmp_path):
     summary = train.train_and_evaluate(config, str(tmp_path / "run"))
     last = summary["last_checkpoint"]
     assert 0 < last < 100
-    assert checkpointing.Checkpointer(str(tmp_path / "run" / "checkpoints"), every=1, keep=2).all_steps() == [last]
+    assert checkpointing.Checkpointer(
+        str(tmp_path / "run" / "checkpoints"), every=1, keep=2
+    ).all_steps() == [last]
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):
