@@ -101,7 +101,9 @@ def bench_case(args) -> dict:
         pad_token_id=0,
         dtype=args.dtype,
     )
-    student_cfg = student_config(args.student, teacher_cfg)
+    student_cfg = student_config(
+        args.student, teacher_cfg, hidden_dropout=args.dropout, attention_dropout=args.dropout
+    )
     config = base_config()
     config.teacher.layer = args.layer
     config.distill.num_relation_heads = args.relation_heads
@@ -174,6 +176,7 @@ def bench_case(args) -> dict:
         "batch": args.batch,
         "length": args.length,
         "relation_heads": args.relation_heads,
+        "dropout": args.dropout,
         "step_seconds": seconds,
         "tokens_per_s": args.batch * args.length / seconds,
         "model_tflops_per_step": flops / 1e12,
@@ -279,6 +282,7 @@ def main(argv: list[str]) -> None:
         default=0.0,
         help="accelerator peak (e.g. 989 for H100 SXM bf16 dense) -> report MFU",
     )
+    p.add_argument("--dropout", type=float, default=0.1, help="student dropout (paper: 0.1)")
     p.add_argument(
         "--parts",
         action="store_true",
