@@ -24,13 +24,12 @@ _STATE, _DATA = "state", "data"
 
 
 class Checkpointer:
-    """Periodic (async) checkpoints of ``{state, data iterator}`` in ``directory``."""
+    """(Async) checkpoints of ``{state, data iterator}`` in ``directory``, the newest ``keep``
+    kept. The train loop decides when to save (periodically, on preemption, at the end)."""
 
-    def __init__(self, directory: str, *, every: int, keep: int, use_async: bool = True):
+    def __init__(self, directory: str, *, keep: int, use_async: bool = True):
         self.directory = os.path.abspath(directory)
-        self.every = every
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every,
             max_to_keep=keep,
             enable_async_checkpointing=use_async,
             create=True,
@@ -45,11 +44,9 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
-        """Saves when ``step`` is due (or ``force``); returns whether a save started."""
-        if not force and not self._manager.should_save(step):
-            return False
-        return self._manager.save(
+    def save(self, step: int, state: Any, data_iterator: Any) -> None:
+        """Starts saving ``state`` and the iterator's position as ``step``."""
+        self._manager.save(
             step,
             args=ocp.args.Composite(
                 **{
@@ -57,7 +54,7 @@ class Checkpointer:
                     _DATA: grain.checkpoint.CheckpointSave(data_iterator),
                 }
             ),
-            force=force,
+            force=True,  # the caller chose this step; skip Orbax's own interval policy
         )
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:

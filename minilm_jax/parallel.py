@@ -83,11 +83,6 @@ def check_batch_size(batch_size: int, field: str) -> None:
         )
 
 
-def host_batch_size(global_batch_size: int) -> int:
-    """The rows of a global batch this host reads (hosts have equal device counts)."""
-    return global_batch_size // jax.process_count()
-
-
 def to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Host-local numpy rows -> one global array per field, sharded along ``data``."""
     sharding = batch_sharded(mesh)

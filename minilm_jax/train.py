@@ -617,7 +617,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),
-        every=config.checkpoint_every,
         keep=config.keep_checkpoints,
         use_async=config.async_checkpoints,
     )
@@ -698,7 +697,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     print(f"Data exhausted (data.num_epochs) after step {last_step}.", flush=True)
                 if last_step > start_step and ckpt.latest_step() != last_step:
                     drain(keep_last=0)
-                    ckpt.save(last_step, state, train_iter, force=True)
+                    ckpt.save(last_step, state, train_iter)
                 break
             state, step_metrics = run.step_fn(state, batch, teacher_params)
             pending.append((step, step_metrics))
@@ -706,7 +705,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             preempted = _stop_requested(stop, ckpt, step)
             if step % config.checkpoint_every == 0 or preempted or step == config.total_steps:
                 drain(keep_last=0)  # never checkpoint a state whose step we have not checked
-                ckpt.save(step, state, train_iter, force=True)
+                ckpt.save(step, state, train_iter)
             if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
                 run_eval(step)
             if preempted:

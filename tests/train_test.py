@@ -214,9 +214,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(teacher_dir, tmp_path, m
         train.TrainingError, match=r"Non-finite loss .* step 3.*Last good checkpoint: step 2"
     ):
         train.train_and_evaluate(config, str(tmp_path))
-    assert checkpointing.Checkpointer(
-        str(tmp_path / "checkpoints"), every=1, keep=2
-    ).all_steps() == [2]
+    assert checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2).all_steps() == [2]
     params = checkpointing.read_state(str(tmp_path / "checkpoints"))["params"]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
@@ -458,7 +456,7 @@ def test_finite_epochs_end_the_run_with_a_checkpoint(teacher_dir, tmp_path):
     last = summary["last_checkpoint"]
     assert 0 < last < 100
     assert checkpointing.Checkpointer(
-        str(tmp_path / "run" / "checkpoints"), every=1, keep=2
+        str(tmp_path / "run" / "checkpoints"), keep=2
     ).all_steps() == [last]
 
 

@@ -121,19 +121,13 @@ class TextFileDocuments(collections.abc.Sequence):
         return self._cumulative[-1]
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"document {i} out of range for {len(self)} documents")
-        i %= len(self)
+        file, local = _locate(self._cumulative, i)
         if self._maps is None:  # built whole, then published: reader threads may race here
             self._maps = [_map_file(path) for path in self._paths]
-        file = bisect.bisect_right(self._cumulative, i)
-        local = i - (self._cumulative[file - 1] if file else 0)
         start, end = int(self._starts[file][local]), int(self._ends[file][local])
         text = self._maps[file][start:end].decode("utf-8", errors="replace")
         text = text.replace("\ufeff", "")  # a byte-order mark is not text
-        if self._paragraphs:
-            return " ".join(line.strip() for line in text.splitlines() if line.strip())
-        return text.strip()
+        return join_lines(text) if self._paragraphs else text.strip()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": None}
@@ -155,6 +149,23 @@ def parse_tfds_spec(spec: str) -> tuple[str, str]:
     if not sep or not _TFDS_NAME.match(name) or not _TFDS_FEATURE.match(feature):
         raise ValueError(f"data.tfds_sources: bad TFDS spec {spec!r}; expected {TFDS_SPEC_FORM}")
     return name, feature
+
+
+def _locate(cumulative: list[int], i: int) -> tuple[int, int]:
+    """Document ``i`` of a concatenation (``cumulative`` = running sizes of the parts) ->
+    (part, index within the part); negative ``i`` counts from the end, as for a list."""
+    total = cumulative[-1]
+    if not -total <= i < total:
+        raise IndexError(f"document {i} out of range for {total} documents")
+    i %= total
+    part = bisect.bisect_right(cumulative, i)
+    return part, i - (cumulative[part - 1] if part else 0)
+
+
+def join_lines(text: str) -> str:
+    """Non-blank lines stripped and joined with single spaces: one document never carries
+    newlines, which byte-level BPE would turn into tokens the teachers never saw mid-text."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def as_text(value: Any) -> str:
@@ -219,9 +230,7 @@ class TfdsDocuments(collections.abc.Sequence):
         value = self._source[i]
         for key in self._feature_path:
             value = value[key]
-        # Lines joined with spaces, as for text files: byte-level BPE would otherwise emit
-        # newline tokens that the teachers never saw inside a sequence.
-        return " ".join(line.strip() for line in as_text(value).splitlines() if line.strip())
+        return join_lines(as_text(value))
 
 
 def _feature_paths(features: Any, prefix: str = "") -> list[str]:
@@ -248,8 +257,5 @@ class ConcatDocuments(collections.abc.Sequence):
         return self._cumulative[-1]
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"document {i} out of range for {len(self)} documents")
-        i %= len(self)
-        k = bisect.bisect_right(self._cumulative, i)
-        return self.sources[k][i - (self._cumulative[k - 1] if k else 0)]
+        part, local = _locate(self._cumulative, i)
+        return self.sources[part][local]
