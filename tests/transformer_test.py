@@ -13,6 +13,7 @@ from transformers.models.roberta.modeling_roberta import RobertaEmbeddings
 
 from hf_fixtures import random_model
 from minilm_jax.models import Transformer, TransformerConfig, position_ids, student_config
+from minilm_jax.models.attention import attention_mask
 
 # bfloat16 keeps 8 significant bits: unit roundoff 2^-9.
 BF16_UNIT_ROUNDOFF = 2.0**-9
@@ -235,7 +236,7 @@ def test_each_dropout_site_is_applied(site):
     )
     layer = random_model(_config("bert", **rates)).layers[0]
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 32)), jnp.float32)
-    key_mask = jnp.ones((4, 16), bool)
+    key_mask = attention_mask(jnp.ones((4, 16), bool))
     if site == "feed_forward_output":
         run = lambda det: layer.feed_forward(x, deterministic=det, rngs=nnx.Rngs(dropout=0))
     else:

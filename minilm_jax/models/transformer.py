@@ -22,6 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minilm_jax.models.attention import attention
+from minilm_jax.models.attention import attention_mask as attention_mask_of
+
 FAMILIES = ("bert", "roberta", "xlm-roberta")
 # Only HF's "gelu" (exact erf GELU): it is what every BERT/RoBERTa/XLM-R checkpoint uses.
 ACTIVATIONS = ("gelu",)
@@ -315,19 +318,19 @@ class SelfAttention(nnx.Module):
         self.attention_dropout = nnx.Dropout(config.attention_dropout)
         self.dropout = nnx.Dropout(config.hidden_dropout)
 
-    def __call__(self, x, key_mask, *, deterministic: bool, rngs):
+    def __call__(self, x, mask, *, deterministic: bool, rngs):
         q, k, v = self.query(x), self.key(x), self.value(x)
-        b, t, _ = x.shape
-        heads = lambda a: a.reshape(b, t, self.num_heads, self.head_dim)
-        scores = jnp.einsum(
-            "bqhd,bkhd->bhqk", heads(q), heads(k), preferred_element_type=jnp.float32
-        ) * (self.head_dim**-0.5)
-        # Padded keys get the float32 minimum by selection (no addition, so no overflow); their
-        # exp underflows to exactly 0. A fully padded row becomes uniform and stays finite.
-        scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = _dropout(self.attention_dropout, probs, deterministic=deterministic, rngs=rngs)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), heads(v)).reshape(b, t, -1)
+        context = attention(
+            q,
+            k,
+            v,
+            mask,
+            num_heads=self.num_heads,
+            scale=self.head_dim**-0.5,
+            dropout=None
+            if deterministic
+            else lambda p: _dropout(self.attention_dropout, p, deterministic=False, rngs=rngs),
+        )
         out = _dropout(self.dropout, self.output(context), deterministic=deterministic, rngs=rngs)
         return self.layer_norm(out + x), (q, k, v)
 
@@ -352,8 +355,8 @@ class TransformerLayer(nnx.Module):
         self.attention = SelfAttention(config, rngs=rngs)
         self.feed_forward = FeedForward(config, rngs=rngs)
 
-    def __call__(self, x, key_mask, *, deterministic: bool, rngs):
-        x, qkv = self.attention(x, key_mask, deterministic=deterministic, rngs=rngs)
+    def __call__(self, x, mask, *, deterministic: bool, rngs):
+        x, qkv = self.attention(x, mask, deterministic=deterministic, rngs=rngs)
         return self.feed_forward(x, deterministic=deterministic, rngs=rngs), qkv
 
 
@@ -430,11 +433,11 @@ class Transformer(nnx.Module):
         if isinstance(rngs, jax.Array):
             rngs = nnx.Rngs(dropout=rngs)
 
-        key_mask = attention_mask.astype(bool)
+        mask = attention_mask_of(attention_mask.astype(bool))
         h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
         hidden_states, qkv = [h], []
         for i in range(n):
-            h, layer_qkv = self.layers[i](h, key_mask, deterministic=deterministic, rngs=rngs)
+            h, layer_qkv = self.layers[i](h, mask, deterministic=deterministic, rngs=rngs)
             hidden_states.append(h)
             qkv.append(layer_qkv)
         pooled = self.pooler(h) if self.pooler is not None and n == cfg.num_layers else None
@@ -444,3 +447,18 @@ class Transformer(nnx.Module):
             qkv=tuple(qkv),
             pooler_output=pooled,
         )
+
+
+def unreachable_param(path: tuple, num_layers: int, used: frozenset[str]) -> bool:
+    """True for a parameter that a relation loss reading only the projections `used` (a subset
+    of {"q", "k", "v"}) of the last layer cannot reach: in that layer everything after the
+    q/k/v projections (attention output, its LayerNorm, the feed-forward), the projections
+    not in `used`, and the pooler. `path` is the parameter's key path in `nnx.state(model)`."""
+    if path[0] == "pooler":
+        return True
+    if path[0] != "layers" or path[1] != num_layers - 1:
+        return False
+    if path[2] == "feed_forward":
+        return True
+    projection = {"query": "q", "key": "k", "value": "v"}.get(path[3])
+    return projection is None or projection not in used
