@@ -30,7 +30,7 @@ measures on each run's hf_student.
 Smoke variant (tiny random teacher, seconds per run): append ``,smoke``.
 """
 
-from minilm_jax import configs, relations
+from minilm_jax import configs, relations, tiny
 
 ABLATIONS = ("pairs", "relation_heads", "teacher_layer", "student_shape")
 
@@ -70,7 +70,7 @@ def sweep(arg=None):
         heads = (2, 4, 8) if a.smoke else heads
         return [(f"heads-{h}", {"distill.num_relation_heads": h}) for h in heads]
     if a.ablation == "teacher_layer":
-        top = configs.SMOKE_TEACHER["num_layers"] if a.smoke else teacher["layers"]
+        top = tiny.SMOKE_TEACHER["num_layers"] if a.smoke else teacher["layers"]
         layers = range(1, top + 1)
         return [(f"layer-{layer}", {"teacher.layer": layer}) for layer in layers]
     if a.ablation == "student_shape":

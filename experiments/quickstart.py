@@ -55,6 +55,6 @@ def get_config(arg=None):
     c.keep_checkpoints = 2
     c.plots = True
     if a.smoke:
-        c = configs.apply_smoke(c)
+        c = configs.apply_smoke(c, "bert")
         c.plots = True
     return c

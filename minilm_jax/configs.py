@@ -1,13 +1,14 @@
-"""Shared experiment defaults: the paper's training recipe, and the ``smoke`` shrinker.
+"""Experiment configs: the shared defaults (the paper's distillation recipe, the fine-tuning
+recipe), loading experiment files, command-line overrides, and the ``smoke`` shrinker.
 
-Experiment files in ``experiments/`` start from ``base_config()`` and override what their
-row of the paper changes (teacher, layer, relation heads, student shape). Every field has a
-one-line comment; ``python -m minilm_jax.main --config experiments/X.py --config.a.b=v``
-overrides any of them.
+Experiment files in ``experiments/`` start from ``base_config()`` (distillation) or
+``finetune_base_config()`` (fine-tuning) and override what their row of the paper changes.
+Every field has a one-line comment; ``--config.a.b=v`` on any command line overrides it.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 from typing import Any
@@ -15,9 +16,6 @@ from typing import Any
 import ml_collections
 
 from minilm_jax.data import default_data_config
-
-# Sizes of the tiny random teacher a smoke run writes to its workdir.
-SMOKE_TEACHER = dict(num_layers=4, hidden_size=64, num_heads=4, intermediate_size=128)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,8 +25,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict()
     c.teacher.path = ""  # local Hugging Face folder (config.json + model.safetensors)
     c.teacher.layer = 12  # 1-based teacher layer whose relations are distilled
-    # Smoke runs: family of a tiny random teacher written into the workdir ("" = use path).
-    c.teacher.tiny_random_family = ""
 
     c.student = ml_collections.ConfigDict()
     c.student.spec = "6x384"  # LAYERSxHIDDEN
@@ -87,30 +83,95 @@ def base_config() -> ml_collections.ConfigDict:
     c.plot_text = ""  # held-out sentence for the relation heatmaps ("" = first held-out text)
 
     # Multi-host: all None = single process (or auto=True to let the cluster say).
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.auto = False
-    c.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)
-    c.distributed.num_processes = ml_collections.FieldReference(None, field_type=int)
-    c.distributed.process_id = ml_collections.FieldReference(None, field_type=int)
-    c.distributed.local_device_ids = ml_collections.FieldReference(None, field_type=tuple)
-    c.distributed.cpu_collectives = ""  # e.g. "gloo" for multi-process runs on CPU
+    c.distributed = distributed_config()
+    return c
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+    """Multi-host settings: all None = single process (or auto=True to let the cluster say)."""
+    c = ml_collections.ConfigDict()
+    c.auto = False
+    c.coordinator_address = ml_collections.FieldReference(None, field_type=str)
+    c.num_processes = ml_collections.FieldReference(None, field_type=int)
+    c.process_id = ml_collections.FieldReference(None, field_type=int)
+    c.local_device_ids = ml_collections.FieldReference(None, field_type=tuple)
+    c.cpu_collectives = ""  # e.g. "gloo" for multi-process runs on CPU
+    return c
+
+
+def finetune_base_config() -> ml_collections.ConfigDict:
+    """Fine-tuning a student on one task: transformers' recipe (AdamW, 10% linear warmup then
+    linear decay, dropout 0.1, Adam eps 1e-8), a learning-rate x epochs x seeds grid.
+    Task experiment files (experiments/glue.py, squad.py, xnli.py, mlqa.py) set the task and
+    the grid."""
+    c = ml_collections.ConfigDict()
+    c.task = ""  # the task's name (the experiment file sets it)
+    c.student_path = ""  # Hugging Face folder of the student (e.g. DISTILL_WORKDIR/hf_student)
+    c.data_dir = ""  # TFDS data_dir holding the task's datasets ("" = TFDS default)
+    c.max_train_examples = 0  # first N training examples only (0 = all)
+    c.max_eval_examples = 0  # first N evaluation examples only (0 = all)
+
+    c.max_len = 128  # tokens per example (pairs truncated longest-first; QA: window length)
+    c.length_buckets = (64,)  # shorter padded lengths besides max_len (one compile each)
+    c.batch_size = 32  # global training batch, split over every device
+    c.eval_batch_size = 128  # global evaluation batch
+    c.head = (
+        "auto"  # classification: "auto" (pooler for BERT, <s> head otherwise) | "pooler" | "cls"
+    )
+    c.dropout = 0.1  # encoder and head dropout while fine-tuning
+    c.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+
+    c.warmup_fraction = 0.1  # linear warmup over this fraction of the steps, then linear decay
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-8  # transformers' default (run_glue.py, run_qa.py)
+    c.weight_decay = 0.01  # AdamW; not applied to biases and LayerNorm parameters
+    c.grad_clip_norm = 1.0  # global-norm clipping, transformers' max_grad_norm (0 = off)
+    c.log_every = 100  # steps between training-loss lines
+    c.checkpoint_every = 1000  # steps between checkpoints of a run (a stopped run resumes)
+
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.learning_rates = (3e-5,)  # peak learning rates
+    c.sweep.epochs = (3,)  # passes over the training set
+    c.sweep.seeds = (0, 1, 2)  # head init, dropout and data order of each run
+
+    c.distributed = distributed_config()
     return c
 
 
 def load_experiment(spec: str) -> ml_collections.ConfigDict:
-    """``"experiments/NAME.py[:ARGS]"`` -> that file's ``get_config(ARGS)``, as the CLI does."""
+    """``"experiments/NAME.py[:ARGS]"`` -> that file's ``get_config(ARGS)``, as the CLIs do.
+
+    Errors name the file and the argument: a missing file, a file that does not load, a
+    file without ``get_config``, a bad argument after the colon.
+    """
     path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No experiment file {path!r}")
     module = load_experiment_module(path)
-    return module.get_config(arg or None)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"experiment file {path!r} defines no get_config(arg)")
+    try:
+        config = module.get_config(arg or None)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{spec}: {e}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"{path}: get_config() returned {type(config).__name__}, not a ConfigDict")
+    return config
 
 
 def load_experiment_module(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no experiment file {path!r}")
     name = "minilm_experiment_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None:
+        raise ValueError(f"experiment file {path!r} is not a Python file")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"experiment file {path!r} does not parse: {e.msg} (line {e.lineno})")
+    except Exception as e:  # noqa: BLE001  (whatever the file raises, name the file)
+        raise ValueError(f"experiment file {path!r} failed to load: {type(e).__name__}: {e}")
     return module
 
 
@@ -126,7 +187,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key = key.strip()
         if key not in defaults:
             raise ValueError(
-                f"Unknown config argument {key!r} in {arg!r}; allowed: {sorted(defaults)}"
+                f"unknown config argument {key!r} in {arg!r}; allowed: {sorted(defaults)}"
             )
         kind = type(defaults[key])
         if not value:
@@ -134,21 +195,99 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         elif kind is bool:
             out[key] = value.lower() in ("1", "true", "yes")
         else:
-            out[key] = kind(value)
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(
+                    f"config argument {key}={value!r}: expected {kind.__name__}"
+                ) from None
     return out
 
 
-def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks any experiment to a CPU run of seconds, keeping its structure.
+def _field_type(node: ml_collections.ConfigDict, name: str) -> type | None:
+    try:
+        return node.get_ref(name).get_type()
+    except Exception:  # noqa: BLE001  (not a FieldReference: take the value's type)
+        value = node[name]
+        return None if value is None else type(value)
 
-    The teacher becomes a tiny random model of the same family (written into the workdir),
-    the student keeps its layer count up to 2 and shrinks to width 32, the corpus is the
-    built-in Python documentation, and every schedule is a few steps long.
+
+def _parse_value(text: str, kind: type | None, where: str) -> Any:
+    if text == "None":
+        return None
+    if kind is bool:
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{where}={text!r}: expected True or False")
+        return lowered in ("true", "1", "yes")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{where}={text!r}: expected {kind.__name__}") from None
+    if kind in (tuple, list):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = tuple(x.strip() for x in text.split(",") if x.strip())  # a,b -> ('a', 'b')
+        if not isinstance(value, (tuple, list)):
+            value = (value,)
+        return kind(value)
+    if kind is str or kind is None:
+        return text
+    try:
+        return kind(ast.literal_eval(text))
+    except (ValueError, SyntaxError, TypeError):
+        raise ValueError(f"{where}={text!r}: expected {kind.__name__}") from None
+
+
+def override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+    """``--config.a.b=text``: sets an existing field, parsed with the field's type. An unknown
+    field is an error that lists the known ones at that level."""
+    where = f"config.{dotted}"
+    node = config
+    *parents, leaf = dotted.split(".")
+    for i, name in enumerate(parents):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            raise ValueError(
+                f"{where}: unknown config field {'.'.join(parents[: i + 1])!r}; known: {known}"
+            )
+        node = node[name]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ValueError(f"{where}: unknown config field; known at this level: {known}")
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ValueError(f"{where} is a section; set one of its fields: {sorted(node[leaf])}")
+    value = _parse_value(text, _field_type(node, leaf), where)
+    try:
+        node[leaf] = value
+    except TypeError as e:
+        raise ValueError(f"{where}={text!r}: {e}") from None
+
+
+def set_fields(config: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
+    """Sets dotted fields to Python values (a sweep point's overrides)."""
+    for dotted, value in values.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+
+
+def apply_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
+    """Shrinks any distillation experiment to a CPU run of seconds, keeping its structure.
+
+    The teacher becomes the cached tiny random model of ``family`` (``tiny.smoke_model``, a
+    real Hugging Face folder written once), the student keeps its layer count up to 2 and
+    shrinks to width 32, the corpus is the built-in Python documentation, and every schedule
+    is a few steps long.
     """
-    family = c.teacher.tiny_random_family or family_of_experiment(c)
-    c.teacher.path = ""
-    c.teacher.tiny_random_family = family
-    c.teacher.layer = min(c.teacher.layer, SMOKE_TEACHER["num_layers"])
+    from minilm_jax import tiny
+
+    c.teacher.path = tiny.smoke_model(family)
+    c.teacher.layer = min(c.teacher.layer, tiny.SMOKE_TEACHER["num_layers"])
     layers = min(int(c.student.spec.split("x")[0]), 2)
     c.student.spec = f"{layers}x32"
     c.student.num_heads = 4
@@ -174,34 +313,49 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def family_of_experiment(c: ml_collections.ConfigDict) -> str:
-    """The teacher family an experiment is about, for its smoke variant's tiny teacher."""
-    path = (c.teacher.path or "").lower()
-    if "xlm" in path:
-        return "xlm-roberta"
-    if "roberta" in path:
-        return "roberta"
-    return "bert"
-
-
 # The paper's teachers (PAPER.md, "Settings"): where each comes from, the layer distilled
 # (1-based) and the relation heads. Large teachers' layers come from secondary sources; the
 # teacher-layer ablation (experiments/ablations.py) sweeps them.
 TEACHERS = {
     "bert-base-uncased": dict(
-        hub_id="google-bert/bert-base-uncased", hidden=768, layers=12, layer=12, relation_heads=48
+        hub_id="google-bert/bert-base-uncased",
+        family="bert",
+        hidden=768,
+        layers=12,
+        layer=12,
+        relation_heads=48,
     ),
     "bert-large-uncased": dict(
-        hub_id="google-bert/bert-large-uncased", hidden=1024, layers=24, layer=21, relation_heads=64
+        hub_id="google-bert/bert-large-uncased",
+        family="bert",
+        hidden=1024,
+        layers=24,
+        layer=21,
+        relation_heads=64,
     ),
     "roberta-large": dict(
-        hub_id="FacebookAI/roberta-large", hidden=1024, layers=24, layer=19, relation_heads=64
+        hub_id="FacebookAI/roberta-large",
+        family="roberta",
+        hidden=1024,
+        layers=24,
+        layer=19,
+        relation_heads=64,
     ),
     "xlm-roberta-large": dict(
-        hub_id="FacebookAI/xlm-roberta-large", hidden=1024, layers=24, layer=19, relation_heads=64
+        hub_id="FacebookAI/xlm-roberta-large",
+        family="xlm-roberta",
+        hidden=1024,
+        layers=24,
+        layer=19,
+        relation_heads=64,
     ),
     "xlm-roberta-base": dict(
-        hub_id="FacebookAI/xlm-roberta-base", hidden=768, layers=12, layer=12, relation_heads=48
+        hub_id="FacebookAI/xlm-roberta-base",
+        family="xlm-roberta",
+        hidden=768,
+        layers=12,
+        layer=12,
+        relation_heads=48,
     ),
 }
 
@@ -238,11 +392,44 @@ def paper_experiment(teacher: str, student: str, arg: str | None) -> ml_collecti
     c.teacher.layer = setting["layer"]
     c.distill.num_relation_heads = setting["relation_heads"]
     c.student.spec = student
-    for field, value in CORPORA[family_of_experiment(c)].items():
+    # The corpus follows the teacher's family, a field of its entry (never a guess from the
+    # path: a folder named "xlm-work" must not turn a BERT run into a CC-100 run).
+    for field, value in CORPORA[setting["family"]].items():
         c.data[field] = value
     c.data.eval_every_kth_document = 1000  # 0.1% of documents held out
     c.dtype = "bfloat16"  # accelerator runs; parameters and the relation softmax stay float32
     if a.smoke:
-        c = apply_smoke(c)
+        c = apply_smoke(c, setting["family"])
         c.dtype = "float32"
     return c
+
+
+def apply_finetune_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
+    """Shrinks a fine-tuning experiment to a CPU run of seconds: the cached tiny random
+    student of ``family`` (``tiny.smoke_model``), short sequences, one epoch, one seed. The
+    data is still the task's (the tests provide TFDS mock data)."""
+    from minilm_jax import tiny
+
+    c.student_path = tiny.smoke_model(family, tiny.SMOKE_STUDENT)
+    c.max_train_examples = 48
+    c.max_eval_examples = 48
+    c.max_len = 32
+    c.length_buckets = (16,)
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.sweep.epochs = (1,)
+    c.sweep.seeds = (0,)
+    c.log_every = 1
+    return c
+
+
+def fail(field: str, value: Any, why: str):
+    """Raises the ValueError every config check uses: ``config.FIELD=VALUE: why``."""
+    raise ValueError(f"config.{field}={value!r}: {why}")
+
+
+def check_positive(config: ml_collections.ConfigDict, *fields: str) -> None:
+    for field in fields:
+        value = config[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            fail(field, value, "must be a positive integer")

@@ -393,6 +393,9 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def batch(self, rows: np.ndarray, length: int, pad_id: int) -> dict[str, np.ndarray]:
+        return make_batch(self, rows, length, pad_id)
+
 
 def encode_examples(
     tokenizer: tokenizers.Tokenizer, encoder: PairEncoder, examples: Examples
@@ -419,15 +422,6 @@ def encode_examples(
 # ---------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------
-
-
-def bucket_length(longest: int, buckets: Sequence[int]) -> int:
-    """The shortest bucket that holds ``longest`` tokens (buckets ascending, the last one is
-    max_len)."""
-    for length in buckets:
-        if longest <= length:
-            return int(length)
-    raise ValueError(f"{longest} tokens exceed the longest bucket {buckets[-1]}")
 
 
 def make_batch(
@@ -458,9 +452,3 @@ def make_batch(
         label=label,
         weight=weight,
     )
-
-
-def length_buckets(max_len: int, extra: Sequence[int]) -> tuple[int, ...]:
-    """Sorted padded lengths: the extra ones below max_len, then max_len itself."""
-    lengths = sorted({int(x) for x in extra if 0 < int(x) < max_len})
-    return (*lengths, int(max_len))

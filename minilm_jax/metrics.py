@@ -13,17 +13,28 @@ import jax
 
 
 class MetricWriter:
-    """Writes scalars to ``workdir/tensorboard`` and ``workdir/metrics.jsonl`` (host 0 only)."""
+    """Writes scalars to ``workdir/tensorboard`` and ``workdir/metrics.jsonl`` (host 0 only).
 
-    def __init__(self, workdir: str, *, enabled: bool | None = None):
+    ``resume_step``: the run continues from that checkpointed step, so records of later steps
+    (written before the interruption, and about to be written again) are dropped from
+    metrics.jsonl first: the file holds each step once, in order. (TensorBoard shows the
+    latest value of a re-logged step by itself.)
+    """
+
+    def __init__(
+        self, workdir: str, *, enabled: bool | None = None, resume_step: int | None = None
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
         self._jsonl = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # protobuf-only event writer
 
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step is not None and os.path.exists(path):
+                _truncate_after(path, resume_step)
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._jsonl = open(path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: Mapping[str, float], *, kind: str) -> None:
         """``kind`` prefixes TensorBoard tags ("train", "eval") and labels the JSONL record."""
@@ -47,6 +58,37 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _truncate_after(path: str, step: int) -> None:
+    """Drops the records of steps after ``step`` (atomically: a crash leaves the old file)."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+class MetricWindow:
+    """Sums of step metrics between two log lines; ``means`` averages and resets."""
+
+    def __init__(self):
+        self._sums: dict[str, float] = {}
+        self._steps = 0
+
+    def add(self, step_metrics: Mapping[str, float]) -> None:
+        for k, v in step_metrics.items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v)
+        self._steps += 1
+
+    def means(self, exclude: tuple[str, ...] = ()) -> dict[str, float]:
+        out = {k: v / max(self._steps, 1) for k, v in self._sums.items() if k not in exclude}
+        self._sums, self._steps = {}, 0
+        return out
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
@@ -61,8 +103,9 @@ class Progress:
     first report, which includes compilation, is labelled as such.
     """
 
-    def __init__(self, total_steps: int, start_step: int, stream=None):
+    def __init__(self, total_steps: int, start_step: int, stream=None, prefix: str = ""):
         self.total_steps = total_steps
+        self._prefix = prefix
         self._stream = stream or sys.stdout
         self._last_time = time.perf_counter()
         self._last_step = start_step
@@ -80,13 +123,14 @@ class Progress:
         steps = max(step - self._last_step, 1)
         tokens_per_s = self._tokens / elapsed
         eta = (self.total_steps - step) * elapsed / steps
-        relations = " ".join(
+        terms = " ".join(
             f"{k.removeprefix('loss/')} {v:.4f}"
             for k, v in scalars.items()
             if k.startswith("loss/")
         )
         line = (
-            f"step {step}/{self.total_steps}  loss {scalars['loss']:.4f} ({relations})  "
+            f"{self._prefix}step {step}/{self.total_steps}  loss {scalars['loss']:.4f}"
+            f"{f' ({terms})' if terms else ''}  "
             f"lr {scalars['lr']:.2e}  {tokens_per_s:,.0f} tok/s  "
             f"ETA {format_duration(eta)}{'  (incl. compile)' if self._first else ''}"
         )

@@ -1,7 +1,9 @@
 """MiniLMv2 distillation: ``train_and_evaluate(config, workdir)``.
 
-Sections, in the order data flows: validation -> teacher and student -> optimizer ->
-the pure train/eval steps -> the loop (resume, log, evaluate, checkpoint, export).
+Sections, in the order data flows: validation -> teacher and student -> the loss -> the step
+built from configs alone (``build_step``: no weights read, so the compile-only check and the
+benchmarks use exactly what training runs) -> setting up a run (weights on the mesh) -> the
+loop (the shared ``loop.run``: resume, log, evaluate, checkpoint) -> export.
 
 Resume order: a checkpoint in ``workdir/checkpoints`` wins; otherwise the student is
 initialised (randomly, as in the paper, or from teacher layers).
@@ -15,26 +17,21 @@ import importlib
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from minilm_jax import checkpointing, data, hf, metrics, parallel, relations
-from minilm_jax.configs import SMOKE_TEACHER
-from minilm_jax.optim import decay_mask
-from minilm_jax.models.transformer import DTYPES, Transformer, TransformerConfig, student_config
+from minilm_jax import checkpointing, data, hf, loop, metrics, models, optim, parallel, relations
+from minilm_jax import steps
+from minilm_jax.configs import check_positive, fail
+from minilm_jax.loop import TrainingError  # noqa: F401  (part of this module's API)
+from minilm_jax.models.transformer import DTYPES, TransformerConfig, student_config
 
 STUDENT_INITS = ("random", "teacher")
-
-
-class TrainingError(RuntimeError):
-    """A run that had to stop (non-finite loss); the message says what is kept on disk."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,55 +39,46 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _fail(field: str, value: Any, why: str) -> None:
-    raise ValueError(f"config.{field}={value!r}: {why}")
-
-
-def resolve_teacher_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The teacher folder: ``teacher.path``, or the tiny random teacher of a smoke run."""
-    if config.teacher.tiny_random_family:
-        return os.path.join(workdir, "tiny_teacher")
+def teacher_path(config: ml_collections.ConfigDict) -> str:
     return os.path.expanduser(config.teacher.path)
 
 
-def validate_config(config: ml_collections.ConfigDict, workdir: str) -> TransformerConfig | None:
-    """Raises ``ValueError`` naming the field and the allowed values for every bad setting.
-
-    Returns the teacher's config when the teacher folder exists already (a smoke run's tiny
-    teacher is written later, and checked then).
-    """
+def validate_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+    """Raises ``ValueError`` naming the field and the allowed values for every bad setting;
+    returns the teacher's config (read from its config.json only)."""
     for module in config.distill.relation_modules:
         importlib.import_module(module)  # registers user relations before they are looked up
     if config.dtype not in DTYPES:
-        _fail("dtype", config.dtype, f"allowed: {DTYPES}")
+        fail("dtype", config.dtype, f"allowed: {DTYPES}")
     if config.student.init not in STUDENT_INITS:
-        _fail("student.init", config.student.init, f"allowed: {STUDENT_INITS}")
+        fail("student.init", config.student.init, f"allowed: {STUDENT_INITS}")
     if config.distill.implementation not in relations.IMPLEMENTATIONS:
-        _fail(
+        fail(
             "distill.implementation",
             config.distill.implementation,
             f"allowed: {relations.IMPLEMENTATIONS}",
         )
-    for field in (
+    check_positive(
+        config,
         "total_steps",
         "max_len",
         "log_every",
         "checkpoint_every",
         "grad_accum_steps",
         "keep_checkpoints",
-    ):
-        if int(config[field]) <= 0:
-            _fail(field, config[field], "must be a positive integer")
+    )
+    if config.max_len < 3:
+        fail("max_len", config.max_len, "must be >= 3 (two special tokens and one text token)")
     if not 0 <= config.warmup_steps <= config.total_steps:
-        _fail(
-            "warmup_steps", config.warmup_steps, f"must be in 0..total_steps={config.total_steps}"
-        )
+        fail("warmup_steps", config.warmup_steps, f"must be in 0..total_steps={config.total_steps}")
+    if not config.learning_rate > 0:
+        fail("learning_rate", config.learning_rate, "must be > 0")
     if config.eval_every < 0:
-        _fail("eval_every", config.eval_every, "must be >= 0 (0 = only at the start and the end)")
+        fail("eval_every", config.eval_every, "must be >= 0 (0 = only at the start and the end)")
     parallel.check_batch_size(config.batch_size, "batch_size")
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     if config.batch_size % (config.grad_accum_steps * jax.device_count()):
-        _fail(
+        fail(
             "grad_accum_steps",
             config.grad_accum_steps,
             f"batch_size={config.batch_size} must split into grad_accum_steps micro-batches "
@@ -98,21 +86,21 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
         )
     relation_names = tuple(config.distill.relations)
     if not relation_names:
-        _fail("distill.relations", relation_names, "name at least one relation")
+        fail("distill.relations", relation_names, "name at least one relation")
     for name in relation_names:
         try:
             relations.get_relation(name)
         except ValueError as e:
             raise ValueError(f"config.distill.relations: {e}") from None
     if config.distill.weights is not None and len(config.distill.weights) != len(relation_names):
-        _fail(
+        fail(
             "distill.weights",
             config.distill.weights,
             f"needs one weight per relation {relation_names} (or None for all 1)",
         )
     data_cfg = data.validate_data_config(config.data)
     if data_cfg["num_epochs"] is not None and jax.process_count() > 1:
-        _fail(
+        fail(
             "data.num_epochs",
             data_cfg["num_epochs"],
             "must be None in multi-host runs (hosts hold different shards and would run out "
@@ -121,11 +109,9 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
     if data_cfg["text_files"]:
         data.expand_globs(data_cfg["text_files"])  # a glob that matches nothing: name it now
 
-    if config.teacher.tiny_random_family:
-        return None
-    path = resolve_teacher_path(config, workdir)
+    path = teacher_path(config)
     if not path:
-        _fail(
+        fail(
             "teacher.path", config.teacher.path, "set it to a local Hugging Face checkpoint folder"
         )
     try:
@@ -136,12 +122,10 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str) -> Transfor
     return teacher_cfg
 
 
-def validate_against_teacher(
-    config: ml_collections.ConfigDict, teacher_cfg: TransformerConfig
-) -> None:
+def validate_against_teacher(config: ml_collections.ConfigDict, teacher_cfg) -> None:
     """Checks that need the teacher's shape: its layer, relation heads, student widths."""
     if not 1 <= config.teacher.layer <= teacher_cfg.num_layers:
-        _fail(
+        fail(
             "teacher.layer",
             config.teacher.layer,
             f"must be in 1..{teacher_cfg.num_layers} (the teacher's layers, 1-based)",
@@ -150,11 +134,11 @@ def validate_against_teacher(
         student_cfg = make_student_config(config, teacher_cfg)
     except ValueError as e:
         raise ValueError(f"config.student: {e}") from None
-    if config.max_len > teacher_cfg.max_position_embeddings - teacher_cfg.position_offset:
-        _fail(
+    if config.max_len > teacher_cfg.max_sequence_length:
+        fail(
             "max_len",
             config.max_len,
-            f"the teacher has only {teacher_cfg.max_position_embeddings - teacher_cfg.position_offset} positions",
+            f"the teacher has only {teacher_cfg.max_sequence_length} positions",
         )
     ctx = relation_context(config, teacher_cfg, student_cfg)
     try:
@@ -167,30 +151,30 @@ def validate_against_teacher(
         _check_teacher_init(config, teacher_cfg, student_cfg)
 
 
-def _check_teacher_init(
-    config, teacher_cfg: TransformerConfig, student_cfg: TransformerConfig
-) -> None:
+def _check_teacher_init(config, teacher_cfg, student_cfg) -> None:
     shape = ("hidden_size", "num_heads", "intermediate_size")
     mismatch = [f for f in shape if getattr(teacher_cfg, f) != getattr(student_cfg, f)]
     if mismatch:
-        _fail(
+        fail(
             "student.init",
             "teacher",
             f"copying teacher layers needs equal {mismatch}: teacher "
-            f"{[getattr(teacher_cfg, f) for f in mismatch]} vs student {[getattr(student_cfg, f) for f in mismatch]}",
+            f"{[getattr(teacher_cfg, f) for f in mismatch]} vs student "
+            f"{[getattr(student_cfg, f) for f in mismatch]}",
         )
     layers = teacher_init_layers(config, teacher_cfg, student_cfg)
     if len(layers) != student_cfg.num_layers or not all(
         0 <= i < teacher_cfg.num_layers for i in layers
     ):
-        _fail(
+        fail(
             "student.init_layers",
             config.student.init_layers,
-            f"needs {student_cfg.num_layers} teacher layer indices in 0..{teacher_cfg.num_layers - 1}",
+            f"needs {student_cfg.num_layers} teacher layer indices in "
+            f"0..{teacher_cfg.num_layers - 1}",
         )
 
 
-def make_student_config(config, teacher_cfg: TransformerConfig) -> TransformerConfig:
+def make_student_config(config, teacher_cfg):
     return student_config(
         config.student.spec,
         teacher_cfg,
@@ -219,34 +203,27 @@ def teacher_init_layers(config, teacher_cfg, student_cfg) -> tuple[int, ...]:
     return tuple(int(round((i + 1) * step)) - 1 for i in range(student_cfg.num_layers))
 
 
+def projections_read(relation_names) -> frozenset[str]:
+    """Which of the student's last-layer projections (q, k, v) the relations read: a pair
+    reads its two letters, MiniLM v1's `attn_qk`/`attn_vv` theirs; a user's relation may
+    read any of them."""
+    used: set[str] = set()
+    for name in relation_names:
+        if name in relations.PAIR_NAMES:
+            used |= set(name)
+        elif name in relations.MINILM_V1_RELATIONS:
+            used |= set(name.removeprefix("attn_"))
+        else:
+            return frozenset("qkv")
+    return frozenset(used)
+
+
 # ---------------------------------------------------------------------------------------------
-# Models and optimizer.
+# Teacher and student.
 # ---------------------------------------------------------------------------------------------
 
 
-def ensure_tiny_teacher(config, workdir: str) -> None:
-    """Smoke runs: writes the tiny random teacher (once; a resumed run reuses it)."""
-    path = resolve_teacher_path(config, workdir)
-    if not config.teacher.tiny_random_family or os.path.exists(os.path.join(path, "config.json")):
-        return
-    from minilm_jax import tiny
-
-    texts = data.python_docs_documents()[:400]
-    if jax.process_index() == 0:
-        tiny.write_tiny_teacher(
-            config.teacher.tiny_random_family, path, texts, seed=1234, **SMOKE_TEACHER
-        )
-    _sync_hosts("tiny_teacher")
-
-
-def _sync_hosts(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def truncate_teacher(teacher: Transformer, layer: int) -> Transformer:
+def truncate_teacher(teacher, layer: int):
     """Keeps the teacher's layers 1..``layer`` and drops its pooler: the distillation reads
     nothing above layer L, so the rest never goes to the devices (for RoBERTa-large at layer
     19 that is 5 layers per device)."""
@@ -256,10 +233,8 @@ def truncate_teacher(teacher: Transformer, layer: int) -> Transformer:
     return teacher
 
 
-def init_student(
-    config, student_cfg: TransformerConfig, teacher: Transformer, teacher_cfg
-) -> Transformer:
-    student = Transformer(student_cfg, rngs=nnx.Rngs(config.seed))
+def init_student(config, student_cfg, teacher, teacher_cfg):
+    student = models.build_model(student_cfg, rngs=nnx.Rngs(config.seed))
     if config.student.init == "teacher":
         # Embeddings and a subset of layers copied from the teacher (widths checked equal).
         nnx.update(student.embeddings, nnx.state(teacher.embeddings, nnx.Param))
@@ -268,79 +243,14 @@ def init_student(
     return student
 
 
-def _path_keys(path) -> list:
-    return [getattr(k, "key", getattr(k, "name", k)) for k in path]
-
-
-def unreachable_params(params: Any, num_layers: int) -> Any:
-    """True for the student parameters the relation loss cannot reach: in the last layer
-    everything after the q/k/v projections (attention output, its LayerNorm, the
-    feed-forward), and the pooler. Freezing them (no update, no weight decay) keeps them at
-    their initial values, as PyTorch's AdamW does for parameters that get no gradient;
-    decoupled weight decay would otherwise shrink them towards zero over the run."""
-
-    def frozen(path, leaf) -> bool:
-        del leaf
-        keys = _path_keys(path)
-        if keys[0] == "pooler":
-            return True
-        if keys[0] == "layers" and keys[1] == num_layers - 1:
-            return keys[2] == "feed_forward" or (
-                keys[2] == "attention" and keys[3] in ("output", "layer_norm")
-            )
-        return False
-
-    return jax.tree_util.tree_map_with_path(frozen, params)
-
-
-def learning_rate_schedule(config) -> optax.Schedule:
-    warmup = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
-    decay = optax.linear_schedule(
-        config.learning_rate, 0.0, max(config.total_steps - config.warmup_steps, 1)
-    )
-    return optax.join_schedules([warmup, decay], [config.warmup_steps])
-
-
-def make_optimizer(config, student_num_layers: int) -> optax.GradientTransformation:
-    """AdamW with the paper's settings on what the loss reaches; the rest is frozen."""
-    adamw = optax.adamw(
-        learning_rate_schedule(config),
-        b1=config.adam_b1,
-        b2=config.adam_b2,
-        eps=config.adam_eps,
-        weight_decay=config.weight_decay,
-        mask=decay_mask,
-    )
-    if config.grad_clip_norm:
-        adamw = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
-
-    def labels(params):
-        frozen = unreachable_params(params, student_num_layers)
-        return jax.tree.map(lambda f: "frozen" if f else "train", frozen)
-
-    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a checkpoint must hold besides the data iterator's position."""
-
-    step: jax.Array
-    params: Any  # the student's nnx.State of Params
-    opt_state: Any
-    rng: jax.Array  # raw uint32 key data, so Orbax saves it like any array
-
-
 # ---------------------------------------------------------------------------------------------
-# The pure steps. Static pieces (graph definitions, optimizer, relation settings) are bound
-# with functools.partial; the jitted functions see only arrays.
+# The loss. Static pieces (graph definitions, relation settings) live in a hashable StepSpec
+# bound with functools.partial; the jitted functions see only arrays.
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
-    """What the steps need besides arrays; hashable so it can be a partial argument."""
-
     teacher_graphdef: Any
     student_graphdef: Any
     teacher_layer: int
@@ -349,9 +259,10 @@ class StepSpec:
     context: relations.RelationContext
 
 
-def distill_loss(params, teacher_params, batch, dropout_key, spec: StepSpec, *, train: bool):
-    """The MiniLMv2 loss of one batch: teacher up to its layer L (no gradient), student's
-    last layer, relation KLs. Returns ``(loss, per_relation)``."""
+def distill_loss(params, teacher_params, batch, dropout_key, *, spec: StepSpec):
+    """The MiniLMv2 loss of one batch: teacher up to its layer L (no gradient), the student's
+    last layer, relation KLs. Dropout is on when ``dropout_key`` is given (training).
+    Returns ``(loss, {"loss/NAME": per-relation loss})``."""
     teacher = nnx.merge(spec.teacher_graphdef, teacher_params)
     teacher_out = teacher(
         batch["input_ids"],
@@ -365,10 +276,10 @@ def distill_loss(params, teacher_params, batch, dropout_key, spec: StepSpec, *, 
         batch["input_ids"],
         batch["attention_mask"],
         batch["token_type_ids"],
-        deterministic=not train,
-        rngs=nnx.Rngs(dropout=dropout_key) if train else None,
+        deterministic=dropout_key is None,
+        rngs=nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None,
     )
-    return relations.distillation_loss(
+    loss, per_relation = relations.distillation_loss(
         teacher_qkv,
         student_out.qkv[-1],
         batch["attention_mask"],
@@ -376,84 +287,15 @@ def distill_loss(params, teacher_params, batch, dropout_key, spec: StepSpec, *, 
         spec.context,
         weights=spec.weights,
     )
-
-
-def _split_micro_batches(batch: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
-    """[B, T] -> [n, B/n, T] taking every n-th row, so each micro-batch keeps rows on every
-    device (a contiguous split would put a whole micro-batch on a few devices)."""
-
-    def split(x):
-        x = x.reshape(x.shape[0] // n, n, *x.shape[1:])
-        return jnp.swapaxes(x, 0, 1)
-
-    return {k: split(v) for k, v in batch.items()}
-
-
-def train_step(
-    state: TrainState, batch, teacher_params, *, spec: StepSpec, tx, grad_accum_steps: int, schedule
-):
-    """One optimizer step. A non-finite loss or gradient leaves the state unchanged (the
-    host stops the run when it sees ``finite == 0``), so no checkpoint ever holds NaNs."""
-    rng, dropout_key = jax.random.split(jax.random.wrap_key_data(state.rng))
-    grad_fn = jax.value_and_grad(distill_loss, has_aux=True)
-
-    if grad_accum_steps == 1:
-        (loss, per_relation), grads = grad_fn(
-            state.params, teacher_params, batch, dropout_key, spec, train=True
-        )
-    else:
-        micro = _split_micro_batches(batch, grad_accum_steps)
-        keys = jax.random.split(dropout_key, grad_accum_steps)
-
-        def accumulate(carry, inputs):
-            micro_batch, key = inputs
-            (l, per), g = grad_fn(state.params, teacher_params, micro_batch, key, spec, train=True)
-            return jax.tree.map(jnp.add, carry, (l, per, g)), None
-
-        zeros = jax.tree.map(
-            jnp.zeros_like,
-            (
-                jnp.zeros((), jnp.float32),
-                {name: jnp.zeros((), jnp.float32) for name in spec.relations},
-                state.params,
-            ),
-        )
-        (loss, per_relation, grads), _ = jax.lax.scan(accumulate, zeros, (micro, keys))
-        loss, per_relation, grads = jax.tree.map(
-            lambda x: x / grad_accum_steps, (loss, per_relation, grads)
-        )
-
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # One cond over the whole state rather than a select per leaf: same result, far fewer
-    # small kernels to compile.
-    params, opt_state = jax.lax.cond(
-        finite, lambda: (params, opt_state), lambda: (state.params, state.opt_state)
-    )
-    new_state = TrainState(
-        step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(rng)
-    )
-    step_metrics = {
-        "loss": loss,
-        **{f"loss/{name}": value for name, value in per_relation.items()},
-        "grad_norm": grad_norm,
-        "param_norm": optax.global_norm(params),
-        "update_norm": optax.global_norm(updates),
-        "lr": schedule(state.step),
-        "finite": finite.astype(jnp.float32),
-        "tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32),
-    }
-    return new_state, step_metrics
+    return loss, {f"loss/{name}": value for name, value in per_relation.items()}
 
 
 def eval_step(params, teacher_params, batch, *, spec: StepSpec):
     """Sums for a held-out mean in which every sequence weighs the same: the batch loss times
     its number of non-empty sequences (all-padding rows fill the last batch and count 0)."""
-    loss, per_relation = distill_loss(params, teacher_params, batch, None, spec, train=False)
+    loss, per_relation = distill_loss(params, teacher_params, batch, None, spec=spec)
     n = jnp.sum(jnp.any(batch["attention_mask"] > 0, axis=-1)).astype(jnp.float32)
-    return {"loss": loss * n, **{f"loss/{k}": v * n for k, v in per_relation.items()}, "count": n}
+    return {"loss": loss * n, **{k: v * n for k, v in per_relation.items()}, "count": n}
 
 
 def evaluate(eval_fn, params, teacher_params, eval_batches, mesh) -> dict[str, float]:
@@ -472,7 +314,117 @@ def evaluate(eval_fn, params, teacher_params, eval_batches, mesh) -> dict[str, f
 
 
 # ---------------------------------------------------------------------------------------------
-# Setting up a run: models, state on the mesh, compiled steps, data.
+# The step, built from configs alone (no weights are read).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillStep:
+    """The jitted train and eval steps of one experiment, and what they are built from.
+
+    ``train_fn(state, batch, schedule, teacher_params) -> (state, metrics)`` is
+    ``steps.train_step`` with the MiniLMv2 loss bound; ``eval_fn(params, teacher_params,
+    batch)`` gives held-out sums. Nothing here holds weights: ``abstract_state()`` and
+    ``abstract_teacher_params()`` describe the arguments, for compiling without data."""
+
+    spec: StepSpec
+    tx: Any
+    schedule: np.ndarray
+    mesh: jax.sharding.Mesh
+    state_sharding: Any
+    teacher_sharding: Any
+    batch_sharding: Any
+    train_fn: Any
+    eval_fn: Any
+    student_cfg: Any
+    teacher_cfg: Any  # truncated to the distillation layer
+
+    def abstract_teacher_params(self):
+        model = nnx.eval_shape(
+            lambda: models.build_model(self.teacher_cfg, rngs=nnx.Rngs(0), add_pooler=False)
+        )
+        return _with_sharding(nnx.state(model, nnx.Param), self.teacher_sharding)
+
+    def abstract_state(self, seed: int = 0):
+        def init():
+            student = models.build_model(self.student_cfg, rngs=nnx.Rngs(seed))
+            return steps.init_state(nnx.state(student, nnx.Param), self.tx, seed + 1)
+
+        return _with_sharding(jax.eval_shape(init), self.state_sharding)
+
+    def abstract_batch(self, batch_size: int, length: int):
+        spec = jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=self.batch_sharding)
+        return {"input_ids": spec, "attention_mask": spec, "token_type_ids": spec}
+
+
+def _with_sharding(tree, sharding):
+    """ShapeDtypeStructs of ``tree`` carrying ``sharding`` (one for all, or a matching tree)."""
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree
+        )
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding
+    )
+
+
+def build_step(config, teacher_cfg, student_cfg, mesh: jax.sharding.Mesh) -> DistillStep:
+    """The optimizer, the loss and the jitted steps of ``config`` on ``mesh``, from the
+    teacher's and student's configs only (graph definitions come from ``nnx.eval_shape``)."""
+    layer = config.teacher.layer
+    truncated_cfg = teacher_cfg.replace(num_layers=layer)
+    teacher_graphdef = nnx.graphdef(
+        nnx.eval_shape(
+            lambda: models.build_model(truncated_cfg, rngs=nnx.Rngs(0), add_pooler=False)
+        )
+    )
+    student_graphdef = nnx.graphdef(
+        nnx.eval_shape(lambda: models.build_model(student_cfg, rngs=nnx.Rngs(0)))
+    )
+    used = projections_read(config.distill.relations)
+    tx = optim.make_optimizer(
+        config, frozen=lambda params: models.unreachable_params(student_cfg, params, used)
+    )
+    spec = StepSpec(
+        teacher_graphdef=teacher_graphdef,
+        student_graphdef=student_graphdef,
+        teacher_layer=layer,
+        relations=tuple(config.distill.relations),
+        weights=tuple(config.distill.weights) if config.distill.weights is not None else None,
+        context=relation_context(config, teacher_cfg, student_cfg),
+    )
+    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    train_fn = steps.jit_train_step(
+        functools.partial(distill_loss, spec=spec),
+        tx,
+        grad_accum_steps=config.grad_accum_steps,
+        state_sharding=replicated,
+        batch_sharding=batch_sharding,
+        aux_sharding=replicated,
+        replicated=replicated,
+    )
+    eval_fn = jax.jit(
+        functools.partial(eval_step, spec=spec),
+        in_shardings=(replicated, replicated, batch_sharding),
+        out_shardings=replicated,
+    )
+    return DistillStep(
+        spec=spec,
+        tx=tx,
+        schedule=optim.schedule(config.learning_rate, config.warmup_steps, config.total_steps),
+        mesh=mesh,
+        state_sharding=replicated,
+        teacher_sharding=replicated,
+        batch_sharding=batch_sharding,
+        train_fn=train_fn,
+        eval_fn=eval_fn,
+        student_cfg=student_cfg,
+        teacher_cfg=truncated_cfg,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting up a run: weights, state on the mesh.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -481,87 +433,55 @@ class Run:
     """Everything ``train_and_evaluate`` builds before its loop (tests and benchmarks reuse it)."""
 
     teacher_path: str
-    teacher_cfg: TransformerConfig
+    teacher_cfg: TransformerConfig  # the full teacher's config (all layers)
     student_cfg: TransformerConfig
-    teacher: Transformer
+    teacher: Any  # truncated to the distillation layer
     tokenizer: Any
-    mesh: jax.sharding.Mesh
-    teacher_params: Any
-    student_graphdef: Any
-    state: TrainState
-    spec: StepSpec
-    step_fn: Any
-    eval_fn: Any
+    step: DistillStep
+    teacher_params: Any  # on the mesh
+    state: steps.TrainState  # on the mesh
+
+    @property
+    def mesh(self):
+        return self.step.mesh
+
+    @property
+    def schedule(self):
+        return self.step.schedule
+
+    def train_fn(self, state, batch, teacher_params=None):
+        """One step of ``state`` on a global batch (tests drive runs step by step)."""
+        params = self.teacher_params if teacher_params is None else teacher_params
+        return self.step.train_fn(state, batch, self.step.schedule, params)
 
 
-def setup_run(config, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Run:
+def setup_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
     """Loads the teacher, initialises the student and optimizer on ``mesh`` (default: every
-    device of every host) and compiles nothing yet: the steps are jitted lazily."""
-    ensure_tiny_teacher(config, workdir)
-    teacher_path = resolve_teacher_path(config, workdir)
-    teacher_cfg, teacher = hf.load_pretrained(teacher_path, dtype=jnp.dtype(config.dtype))
+    device of every host). The steps are compiled at their first call."""
+    path = teacher_path(config)
+    teacher_cfg, teacher = hf.load_pretrained(path, dtype=jnp.dtype(config.dtype))
     validate_against_teacher(config, teacher_cfg)
     student_cfg = make_student_config(config, teacher_cfg)
     student = init_student(config, student_cfg, teacher, teacher_cfg)
     teacher = truncate_teacher(teacher, config.teacher.layer)
     logging.info(
         "teacher %s (layer %d of %d), student %s",
-        teacher_path,
+        path,
         config.teacher.layer,
         teacher_cfg.num_layers,
         student_cfg,
     )
-
-    mesh = mesh or parallel.make_mesh()
-    teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
-    student_graphdef, params = nnx.split(student, nnx.Param)
-    tx = make_optimizer(config, student_cfg.num_layers)
-    schedule = learning_rate_schedule(config)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(config.seed + 1)),
-    )
-    spec = StepSpec(
-        teacher_graphdef=teacher_graphdef,
-        student_graphdef=student_graphdef,
-        teacher_layer=config.teacher.layer,
-        relations=tuple(config.distill.relations),
-        weights=tuple(config.distill.weights) if config.distill.weights is not None else None,
-        context=relation_context(config, teacher_cfg, student_cfg),
-    )
-    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            spec=spec,
-            tx=tx,
-            grad_accum_steps=config.grad_accum_steps,
-            schedule=schedule,
-        ),
-        in_shardings=(replicated, batch_sharding, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-    eval_fn = jax.jit(
-        functools.partial(eval_step, spec=spec),
-        in_shardings=(replicated, replicated, batch_sharding),
-        out_shardings=replicated,
-    )
+    step = build_step(config, teacher_cfg, student_cfg, mesh or parallel.make_mesh())
+    state = steps.init_state(nnx.state(student, nnx.Param), step.tx, config.seed + 1)
     return Run(
-        teacher_path=teacher_path,
+        teacher_path=path,
         teacher_cfg=teacher_cfg,
         student_cfg=student_cfg,
         teacher=teacher,
-        tokenizer=hf.load_tokenizer(teacher_path),
-        mesh=mesh,
-        teacher_params=parallel.replicate(teacher_params, mesh),
-        student_graphdef=student_graphdef,
-        state=parallel.replicate(state, mesh),
-        spec=spec,
-        step_fn=step_fn,
-        eval_fn=eval_fn,
+        tokenizer=hf.load_tokenizer(path),
+        step=step,
+        teacher_params=parallel.replicate(nnx.state(teacher, nnx.Param), step.mesh),
+        state=parallel.replicate(state, step.mesh),
     )
 
 
@@ -596,16 +516,23 @@ def write_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
+def sync_hosts(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils the teacher into a fresh (or resumed) student; returns a summary dict with
     the held-out losses at the start and end and the path of the exported student."""
     workdir = os.path.abspath(workdir)
     parallel.initialize_distributed(config.distributed)
+    validate_config(config)
     os.makedirs(workdir, exist_ok=True)
-    validate_config(config, workdir)
     write_config(config, workdir)
 
-    run = setup_run(config, workdir)
+    run = setup_run(config)
     mesh, teacher_params, state = run.mesh, run.teacher_params, run.state
     train_iter, eval_batches_fn = make_data(
         config,
@@ -614,7 +541,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         keep=config.keep_checkpoints,
@@ -625,19 +551,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = ckpt.restore(latest, checkpointing.abstract_like(state), train_iter)
         if jax.process_index() == 0:
             print(f"Resumed from step {latest} ({ckpt.directory})", flush=True)
+    start_step = int(jax.device_get(state.step))
 
-    writer = metrics.MetricWriter(workdir)
+    writer = metrics.MetricWriter(workdir, resume_step=start_step if latest is not None else None)
     # Multi-host: JAX's own preemption notifier (started by jax.distributed.initialize)
     # handles SIGTERM and makes every host agree on the step; a Python handler would
     # replace it, so one is installed only for single-process runs.
     stop = checkpointing.StopSignal() if jax.process_count() == 1 else None
-    start_step = int(jax.device_get(state.step))
     summary: dict[str, Any] = {"workdir": workdir, "start_step": start_step}
 
-    def run_eval(step: int) -> dict[str, float] | None:
+    def run_eval(params, step: int) -> dict[str, float] | None:
         if eval_batches_fn is None:  # data.eval_every_kth_document = 0: no held-out split
             return None
-        result = evaluate(run.eval_fn, state.params, teacher_params, eval_batches_fn(), mesh)
+        result = evaluate(run.step.eval_fn, params, teacher_params, eval_batches_fn(), mesh)
         writer.write(step, result, kind="eval")
         if jax.process_index() == 0:
             per = " ".join(
@@ -647,75 +573,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return result
 
     if start_step == 0 and config.eval_at_start:
-        summary["eval_start"] = run_eval(0)
+        summary["eval_start"] = run_eval(state.params, 0)
     elif latest is not None:
         summary["eval_start"] = _logged_eval(workdir, step=0)  # from before the restart
 
-    progress = metrics.Progress(config.total_steps, start_step)
-    pending: list[tuple[int, Any]] = []
-    window: dict[str, float] = {}
-    window_steps = 0
-
-    def drain(keep_last: int) -> None:
-        """Reads finished steps' metrics (one step behind, to keep the device busy) and
-        stops on the first non-finite loss."""
-        nonlocal window, window_steps
-        while len(pending) > keep_last:
-            step, m = pending.pop(0)
-            m = jax.device_get(m)
-            if not m["finite"]:
-                ckpt.wait()
-                kept = ckpt.latest_step()
-                raise TrainingError(
-                    f"Non-finite loss or gradient at step {step} (loss={float(m['loss'])}, "
-                    f"grad_norm={float(m['grad_norm'])}); the update was not applied. "
-                    "Last good checkpoint: "
-                    + (f"step {kept} in {ckpt.directory}" if kept is not None else "none yet")
-                    + ". Lower config.learning_rate or check the data."
-                )
-            progress.add_tokens(float(m["tokens"]))
-            for k, v in m.items():
-                window[k] = window.get(k, 0.0) + float(v)
-            window_steps += 1
-            if step % config.log_every == 0 or step == config.total_steps:
-                means = {
-                    k: v / window_steps for k, v in window.items() if k not in ("finite", "tokens")
-                }
-                means["lr"] = float(m["lr"])
-                means.update(progress.report(step, means))
-                writer.write(step, means, kind="train")
-                window, window_steps = {}, 0
-
-    last_step = config.total_steps
     try:
-        for step in range(start_step + 1, config.total_steps + 1):
-            try:
-                batch = next_train_batch(train_iter, mesh)
-            except StopIteration:  # a finite data.num_epochs ran out before total_steps
-                last_step = step - 1
-                if jax.process_index() == 0:
-                    print(f"Data exhausted (data.num_epochs) after step {last_step}.", flush=True)
-                if last_step > start_step and ckpt.latest_step() != last_step:
-                    drain(keep_last=0)
-                    ckpt.save(last_step, state, train_iter)
-                break
-            state, step_metrics = run.step_fn(state, batch, teacher_params)
-            pending.append((step, step_metrics))
-            drain(keep_last=1)
-            preempted = _stop_requested(stop, ckpt, step)
-            if step % config.checkpoint_every == 0 or preempted or step == config.total_steps:
-                drain(keep_last=0)  # never checkpoint a state whose step we have not checked
-                ckpt.save(step, state, train_iter)
-            if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
-                run_eval(step)
-            if preempted:
-                ckpt.wait()
-                summary["preempted_at"] = step
-                if jax.process_index() == 0:
-                    print(f"Stopped at step {step} on request; checkpoint saved.", flush=True)
-                return summary
-        drain(keep_last=0)
-        summary["eval_end"] = run_eval(last_step)
+        result = loop.run(
+            lambda s, b: run.step.train_fn(s, b, run.step.schedule, teacher_params),
+            state,
+            lambda: next_train_batch(train_iter, mesh),
+            cadence=loop.Cadence(
+                total_steps=config.total_steps,
+                log_every=config.log_every,
+                checkpoint_every=config.checkpoint_every,
+                eval_every=config.eval_every,
+            ),
+            start_step=start_step,
+            writer=writer,
+            progress=metrics.Progress(config.total_steps, start_step),
+            checkpointer=ckpt,
+            data_iterator=train_iter,
+            evaluate=lambda s, step: run_eval(s.params, step),
+            stop=stop,
+            nonfinite_hint="Lower config.learning_rate or check the data.",
+        )
+        state = result.state
+        if result.data_exhausted and jax.process_index() == 0:
+            print(f"Data exhausted (data.num_epochs) after step {result.last_step}.", flush=True)
+        if result.preempted_at is not None:
+            summary["preempted_at"] = result.preempted_at
+            summary["signal"] = result.signal
+            if jax.process_index() == 0:
+                print(
+                    f"Stopped at step {result.preempted_at} on request; checkpoint saved.",
+                    flush=True,
+                )
+            return summary
+        summary["eval_end"] = run_eval(state.params, result.last_step)
     finally:
         train_iter.close()  # stops Grain's prefetch thread
         if stop is not None:
@@ -723,18 +617,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.wait()
         ckpt.close()
         writer.close()
-    summary["last_checkpoint"] = last_step
+    summary["last_checkpoint"] = result.last_step
 
     # Replicated arrays: this host's first shard is the whole value, even in multi-host runs.
     host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
+    student_graphdef = run.step.spec.student_graphdef
     if config.export_hf:
         summary["hf_student"] = export_student(
-            host_params, run.student_graphdef, run.student_cfg, run.teacher_path, workdir
+            host_params, student_graphdef, run.student_cfg, run.teacher_path, workdir
         )
     if config.plots and jax.process_index() == 0:
         from minilm_jax import plots
 
-        student = nnx.merge(run.student_graphdef, host_params)
+        student = nnx.merge(student_graphdef, host_params)
         summary["plots"] = plots.write_run_plots(
             workdir, run.teacher, student, run.tokenizer, config, eval_text=config.plot_text
         )
@@ -742,16 +637,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, default=float)
     return summary
-
-
-def _stop_requested(
-    stop: checkpointing.StopSignal | None, ckpt: checkpointing.Checkpointer, step: int
-) -> bool:
-    """SIGTERM in a single-process run; in multi-host runs, a preemption notice that every
-    host has reached at this step (so all of them checkpoint the same step)."""
-    if stop is not None:
-        return stop.requested
-    return ckpt.reached_preemption(step)
 
 
 def _logged_eval(workdir: str, step: int) -> dict[str, float] | None:
@@ -765,15 +650,13 @@ def _logged_eval(workdir: str, step: int) -> dict[str, float] | None:
     return None
 
 
-def export_student(
-    host_params, graphdef, student_cfg: TransformerConfig, teacher_path: str, workdir: str
-) -> str:
+def export_student(host_params, graphdef, student_cfg, teacher_folder: str, workdir: str) -> str:
     """Writes the student (float32 config) with the teacher's tokenizer to WORKDIR/hf_student."""
     path = os.path.join(workdir, "hf_student")
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, host_params)
         hf.save_pretrained(student_cfg.replace(dtype="float32"), model, path)
-        hf.copy_tokenizer_files(teacher_path, path)
+        hf.copy_tokenizer_files(teacher_folder, path)
         print(f"Student written to {path}", flush=True)
-    _sync_hosts("export")
+    sync_hosts("export")
     return path

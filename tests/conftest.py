@@ -21,6 +21,10 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "minilm_jax_test_xla_cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The cached tiny random models of the smoke runs (minilm_jax.tiny), shared by workers.
+os.environ.setdefault(
+    "MINILM_JAX_CACHE", os.path.join(tempfile.gettempdir(), "minilm_jax_test_cache")
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

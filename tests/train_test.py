@@ -1,20 +1,20 @@
 """The distillation loop: sharding, accumulation, resume, the CLI, validation errors."""
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from minilm_jax import checkpointing, configs, data, hf, metrics, parallel, tiny, train
-from minilm_jax.configs import SMOKE_TEACHER
+from minilm_jax import checkpointing, configs, data, hf, metrics, models, optim, parallel, tiny
+from minilm_jax import finetune, train
 from conftest import TEST_XLA_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,32 +23,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("teacher") / "bert")
-    tiny.write_tiny_teacher(
-        "bert", path, data.python_docs_documents()[:400], seed=7, **SMOKE_TEACHER
+    tiny.write_tiny_model(
+        "bert", path, data.python_docs_documents()[:400], seed=7, **tiny.SMOKE_TEACHER
     )
     return path
 
 
 def smoke_config(teacher_dir, **overrides):
-    c = configs.apply_smoke(configs.base_config())
+    c = configs.apply_smoke(configs.base_config(), "bert")
     c.teacher.path = teacher_dir
-    c.teacher.tiny_random_family = ""
     c.student.spec = "2x32"
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    configs.set_fields(c, overrides)
     return c
 
 
-def run_steps(run, batches, n_steps, step_fn=None):
-    """Runs ``n_steps`` steps of ``run`` on ``batches`` (host numpy) and returns losses/state."""
-    step_fn = step_fn or run.step_fn
+def run_steps(run, batches, n_steps):
+    """Runs ``n_steps`` steps of ``run`` (the trainer's own jitted step) on ``batches`` (host
+    numpy) and returns the final state and the losses."""
     state, losses = run.state, []
     for batch in batches[:n_steps]:
-        state, m = step_fn(state, parallel.to_global(batch, run.mesh), run.teacher_params)
+        state, m = run.train_fn(state, parallel.to_global(batch, run.mesh))
         losses.append(float(m["loss"]))
     return state, losses
 
@@ -73,37 +67,17 @@ def max_param_diff(a, b):
     )
 
 
-def test_sharded_step_matches_one_device_and_compiles_once(teacher_dir, tmp_path):
+def test_sharded_step_matches_one_device_and_compiles_once(teacher_dir):
+    """The trainer's own step (train.build_step, as train_and_evaluate and the benchmark use
+    it) on 8 devices equals 1 device, and three steps compile it once."""
     assert jax.device_count() == 8
     config = smoke_config(teacher_dir, batch_size=16)
     results = {}
     for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
-        chex.clear_trace_counter()  # the counter is per source location, shared by both meshes
-        run = train.setup_run(config, str(tmp_path), mesh=parallel.make_mesh(devices))
+        run = train.setup_run(config, mesh=parallel.make_mesh(devices))
         batches = host_batches(config, run, 3)
-        # A traced-once guard on the real step function: a second trace means a recompile.
-        tx = train.make_optimizer(config, run.student_cfg.num_layers)
-        schedule = train.learning_rate_schedule(config)
-
-        @chex.assert_max_traces(n=1)
-        def step(state, batch, teacher_params):
-            return train.train_step(
-                state,
-                batch,
-                teacher_params,
-                spec=run.spec,
-                tx=tx,
-                grad_accum_steps=1,
-                schedule=schedule,
-            )
-
-        sharding = (
-            parallel.replicated(run.mesh),
-            parallel.batch_sharded(run.mesh),
-            parallel.replicated(run.mesh),
-        )
-        step_fn = jax.jit(step, in_shardings=sharding, out_shardings=sharding[0], donate_argnums=0)
-        results[name] = run_steps(run, batches, 3, step_fn)
+        results[name] = run_steps(run, batches, 3)
+        assert run.step.train_fn._cache_size() == 1  # three steps, one compilation
     (state1, losses1), (state8, losses8) = results["one"], results["eight"]
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5, atol=1e-6)
     assert max_param_diff(state1.params, state8.params) <= 1e-5
@@ -114,63 +88,78 @@ def test_gradient_accumulation_matches_full_batch(teacher_dir, tmp_path):
     base = dict(batch_size=16, **{"student.dropout": 0.0})
     full = smoke_config(teacher_dir, **base)
     accum = smoke_config(teacher_dir, grad_accum_steps=2, **base)
-    run_full = train.setup_run(full, str(tmp_path))
+    run_full = train.setup_run(full)
     batches = host_batches(full, run_full, 2)
     state_full, losses_full = run_steps(run_full, batches, 2)
-    state_acc, losses_acc = run_steps(train.setup_run(accum, str(tmp_path)), batches, 2)
+    state_acc, losses_acc = run_steps(train.setup_run(accum), batches, 2)
     np.testing.assert_allclose(losses_acc, losses_full, rtol=1e-5)
     assert max_param_diff(state_full.params, state_acc.params) <= 1e-5
 
 
-def test_weight_decay_skips_biases_and_layernorm(teacher_dir, tmp_path):
-    run = train.setup_run(smoke_config(teacher_dir), str(tmp_path))
-    mask = train.decay_mask(run.state.params)
-    flat = {
-        "/".join(str(k) for k in train._path_keys(path)): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]
-    }
+def _name(path) -> str:
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+    if (
+        len(keys) > 1
+        and keys[-1] == "value"
+        and keys[-2] in ("kernel", "bias", "scale", "embedding")
+    ):
+        keys = keys[:-1]  # State paths may end in the Variable's `value` attribute
+    return "/".join(str(k) for k in keys)
+
+
+def test_weight_decay_skips_biases_and_layernorm(teacher_dir):
+    run = train.setup_run(smoke_config(teacher_dir))
+    mask = optim.decay_mask(run.state.params)
+    flat = {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]}
     decayed = sorted(k for k, v in flat.items() if v)
     assert decayed and all(("kernel" in k or "embedding" in k) for k in decayed)
     assert not any(v for k, v in flat.items() if "bias" in k or "layer_norm" in k)
 
 
-def test_parameters_the_loss_cannot_reach_stay_frozen(teacher_dir, tmp_path):
-    """The student's last attention output, its LayerNorm, its feed-forward and the pooler get
-    no gradient from the relation loss; with weight decay 0.01 they must still not move."""
-    config = smoke_config(teacher_dir, weight_decay=0.5, learning_rate=0.1)
-    run = train.setup_run(config, str(tmp_path))
+@pytest.mark.parametrize(
+    "relations, frozen_projections",
+    [(("qq", "kk", "vv"), ()), (("qq",), ("key", "value")), (("kk", "vv"), ("query",))],
+)
+def test_parameters_the_loss_cannot_reach_stay_frozen(teacher_dir, relations, frozen_projections):
+    """The student's last attention output, its LayerNorm, its feed-forward, the pooler and
+    the last layer's projections no relation reads get no gradient; with weight decay 0.5
+    they must still not move, and every other parameter trains."""
+    config = smoke_config(
+        teacher_dir, weight_decay=0.5, learning_rate=0.1, **{"distill.relations": relations}
+    )
+    run = train.setup_run(config)
     before = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), run.state.params)
     state, _ = run_steps(run, host_batches(config, run, 2), 2)
     after = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
-    frozen = train.unreachable_params(before, run.student_cfg.num_layers)
-
-    def name(path):  # State paths end in the Variable's `value` attribute
-        return "/".join(str(k) for k in train._path_keys(path) if k != "value")
-
+    used = train.projections_read(relations)
+    frozen = models.unreachable_params(run.student_cfg, before, used)
     moved = {
-        name(path): bool(np.any(a != b))
+        _name(path): bool(np.any(a != b))
         for (path, a), b in zip(
             jax.tree_util.tree_flatten_with_path(before)[0], jax.tree.leaves(after)
         )
     }
-    is_frozen = {name(path): f for path, f in jax.tree_util.tree_flatten_with_path(frozen)[0]}
+    is_frozen = {_name(path): f for path, f in jax.tree_util.tree_flatten_with_path(frozen)[0]}
     last = run.student_cfg.num_layers - 1
     assert is_frozen[f"layers/{last}/feed_forward/intermediate/kernel"]
     assert is_frozen[f"layers/{last}/attention/output/kernel"]
-    assert not is_frozen[f"layers/{last}/attention/query/kernel"]
     assert is_frozen["pooler/dense/kernel"]
+    for projection in ("query", "key", "value"):
+        frozen_here = projection in frozen_projections
+        assert is_frozen[f"layers/{last}/attention/{projection}/kernel"] == frozen_here
+        assert not is_frozen[f"layers/0/attention/{projection}/kernel"]
     for name, f in is_frozen.items():
         assert moved[name] != f, name  # frozen ones stayed, every other one trained
 
 
-def test_student_init_from_teacher_layers(teacher_dir, tmp_path):
+def test_student_init_from_teacher_layers(teacher_dir):
     config = smoke_config(
         teacher_dir,
         **{"student.spec": "2x64", "student.init": "teacher", "student.intermediate_size": 128},
     )
-    run = train.setup_run(config, str(tmp_path))
+    run = train.setup_run(config)
     _, teacher = hf.load_pretrained(teacher_dir)
-    student = nnx.merge(run.student_graphdef, run.state.params)
+    student = nnx.merge(run.step.spec.student_graphdef, run.state.params)
     assert train.teacher_init_layers(config, run.teacher_cfg, run.student_cfg) == (1, 3)
     for dst, src in ((0, 1), (1, 3)):
         for a, b in zip(
@@ -186,10 +175,27 @@ def test_student_init_from_teacher_layers(teacher_dir, tmp_path):
 
 def test_lr_schedule_warmup_then_linear_decay(teacher_dir):
     c = smoke_config(teacher_dir, total_steps=100, warmup_steps=10, learning_rate=1.0)
-    lr = train.learning_rate_schedule(c)
-    np.testing.assert_allclose(
-        [lr(0), lr(5), lr(10), lr(55), lr(100)], [0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
-    )
+    schedule = train.build_step(
+        c,
+        hf.load_config(teacher_dir),
+        train.make_student_config(c, hf.load_config(teacher_dir)),
+        parallel.make_mesh(),
+    ).schedule
+    lr = [float(optim.learning_rate(step, schedule)) for step in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(lr, [0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def _nan_at_call(step, n: int):
+    """A DistillStep whose train_fn gets NaN teacher weights at its n-th call."""
+    real, calls = step.train_fn, {"n": 0}
+
+    def train_fn(state, batch, schedule, teacher_params):
+        calls["n"] += 1
+        if calls["n"] == n:
+            teacher_params = jax.tree.map(lambda x: x * jnp.nan, teacher_params)
+        return real(state, batch, schedule, teacher_params)
+
+    return dataclasses.replace(step, train_fn=train_fn)
 
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(teacher_dir, tmp_path, monkeypatch):
@@ -198,15 +204,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(teacher_dir, tmp_path, m
 
     def setup_with_nan_at_step_3(*args, **kwargs):
         run = original_setup(*args, **kwargs)
-        real_step, calls = run.step_fn, {"n": 0}
-
-        def step_fn(state, batch, teacher_params):
-            calls["n"] += 1
-            if calls["n"] == 3:  # NaN teacher weights make the loss NaN at step 3
-                teacher_params = jax.tree.map(lambda x: x * jnp.nan, teacher_params)
-            return real_step(state, batch, teacher_params)
-
-        run.step_fn = step_fn
+        run.step = _nan_at_call(run.step, 3)
         return run
 
     monkeypatch.setattr(train, "setup_run", setup_with_nan_at_step_3)
@@ -216,6 +214,38 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(teacher_dir, tmp_path, m
         train.train_and_evaluate(config, str(tmp_path))
     assert checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2).all_steps() == [2]
     params = checkpointing.read_state(str(tmp_path / "checkpoints"))["params"]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_finetuning_refuses_a_nan_update_the_same_way(tmp_path, monkeypatch):
+    """The shared step and loop: a fine-tuning run whose gradient turns NaN at step 3 stops
+    with the same error and keeps its last good (finite) checkpoint."""
+    import tensorflow_datasets as tfds
+
+    config = configs.load_experiment(os.path.join(REPO, "experiments/glue.py:smoke,task=rte"))
+    config.sweep.learning_rates, config.checkpoint_every = (1e-3,), 2
+    real_init = finetune.Finetuner.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        real, calls = self.train_fn, {"n": 0}
+
+        def train_fn(state, batch, schedule, aux):
+            calls["n"] += 1
+            if calls["n"] == 3:  # NaN weights make the loss and the gradient NaN
+                state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+            return real(state, batch, schedule, aux)
+
+        self.train_fn = train_fn
+
+    monkeypatch.setattr(finetune.Finetuner, "__init__", init)
+    with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+        with pytest.raises(
+            train.TrainingError, match=r"Non-finite loss .* step 3.*Last good checkpoint: step 2"
+        ):
+            finetune.run_sweep(config, str(tmp_path), log=lambda s: None)
+    run_dir = tmp_path / "runs" / "lr0.001_ep1_seed0" / "checkpoints"
+    params = checkpointing.read_state(str(run_dir))["params"]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
@@ -262,6 +292,10 @@ def test_resume_matches_uninterrupted_run(teacher_dir, tmp_path, monkeypatch, ho
 
     full_losses, part_losses = _losses_by_step(tmp_path / "full"), _losses_by_step(part)
     assert sorted(part_losses) == list(range(1, 7))
+    # The steps replayed after the restart are in metrics.jsonl once, in order.
+    records = metrics.read_jsonl(os.path.join(part, "metrics.jsonl"))
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == list(range(1, 7))
     np.testing.assert_allclose(
         [part_losses[s] for s in range(1, 7)], [full_losses[s] for s in range(1, 7)], rtol=1e-6
     )
@@ -296,7 +330,8 @@ def test_cli_smoke_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out loss" in proc.stdout and "step 6/6" in proc.stdout
     resolved = json.loads((workdir / "config.json").read_text())
-    assert resolved["total_steps"] == 6 and resolved["teacher"]["tiny_random_family"] == "bert"
+    assert resolved["total_steps"] == 6
+    assert resolved["teacher"]["path"] == tiny.smoke_model("bert")  # the cached tiny teacher
     assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())[-1] == 6
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
     kinds = {r["kind"] for r in metrics.read_jsonl(str(workdir / "metrics.jsonl"))}
@@ -340,7 +375,6 @@ def test_two_processes_match_single_process_on_the_same_data(teacher_dir, tmp_pa
         "--workdir",
         str(workdir),
         f"--config.teacher.path={teacher_dir}",
-        "--config.teacher.tiny_random_family=",
         "--config.student.spec=2x32",
         f"--config.total_steps={steps}",
         "--config.log_every=1",
@@ -376,9 +410,9 @@ def test_two_processes_match_single_process_on_the_same_data(teacher_dir, tmp_pa
 
     # Reference: one process, the two hosts' batches stacked as make_array_from_process_local_data does.
     config = configs.load_experiment(os.path.join(REPO, "experiments/quickstart.py:smoke"))
-    config.teacher.path, config.teacher.tiny_random_family = teacher_dir, ""
+    config.teacher.path = teacher_dir
     config.student.spec, config.total_steps = "2x32", steps
-    run = train.setup_run(config, str(tmp_path / "ref"))
+    run = train.setup_run(config)
     shards = [host_batches(config, run, steps, p, 2) for p in range(2)]
     batches = [
         {k: np.concatenate([shards[0][i][k], shards[1][i][k]]) for k in shards[0][i]}
@@ -414,7 +448,7 @@ def test_two_processes_match_single_process_on_the_same_data(teacher_dir, tmp_pa
 def test_validation_errors_name_the_field(teacher_dir, tmp_path, overrides, match):
     config = smoke_config(teacher_dir, **overrides)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-        train.validate_config(config, str(tmp_path))
+        train.validate_config(config)
 
 
 def test_unsupported_teacher_checkpoint_is_named(tmp_path, teacher_dir):
@@ -422,9 +456,7 @@ def test_unsupported_teacher_checkpoint_is_named(tmp_path, teacher_dir):
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match=r"config.teacher.path=.*gpt2"):
-        train.validate_config(
-            smoke_config(teacher_dir, **{"teacher.path": str(bad)}), str(tmp_path)
-        )
+        train.validate_config(smoke_config(teacher_dir, **{"teacher.path": str(bad)}))
 
 
 def test_empty_corpus_is_named(teacher_dir, tmp_path):

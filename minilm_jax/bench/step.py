@@ -15,7 +15,6 @@ as usual for MFU.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minilm_jax import parallel, relations, train
+from minilm_jax import parallel, relations, steps, train
 from minilm_jax.configs import base_config
 from minilm_jax.models.transformer import Transformer, TransformerConfig, student_config
 
@@ -109,40 +108,19 @@ def bench_case(args) -> dict:
     config.distill.num_relation_heads = args.relation_heads
     config.distill.implementation = args.implementation
     config.batch_size = args.batch
+    config.dtype = args.dtype
     config.total_steps, config.warmup_steps = 1000, 10
 
+    # The trainer's own step builder: the benchmark times exactly the step training runs.
+    built = train.build_step(config, teacher_cfg, student_cfg, parallel.make_mesh())
+    mesh = built.mesh
     teacher = Transformer(teacher_cfg, rngs=nnx.Rngs(0))
+    teacher = train.truncate_teacher(teacher, args.layer)
     student = Transformer(student_cfg, rngs=nnx.Rngs(1))
-    mesh = parallel.make_mesh()
-    teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
-    student_graphdef, params = nnx.split(student, nnx.Param)
-    tx = train.make_optimizer(config, student_cfg.num_layers)
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(0)),
-    )
-    state = parallel.replicate(state, mesh)
-    teacher_params = parallel.replicate(teacher_params, mesh)
-    spec = train.StepSpec(
-        teacher_graphdef=teacher_graphdef,
-        student_graphdef=student_graphdef,
-        teacher_layer=args.layer,
-        relations=("qq", "kk", "vv"),
-        weights=None,
-        context=train.relation_context(config, teacher_cfg, student_cfg),
-    )
-    step_fn = jax.jit(
-        functools.partial(
-            train.train_step,
-            spec=spec,
-            tx=tx,
-            grad_accum_steps=1,
-            schedule=train.learning_rate_schedule(config),
-        ),
-        donate_argnums=(0,),
-    )
+    state = parallel.replicate(steps.init_state(nnx.state(student, nnx.Param), built.tx, 0), mesh)
+    teacher_params = parallel.replicate(nnx.state(teacher, nnx.Param), mesh)
+    spec = built.spec
+    schedule = built.schedule
     rng = np.random.default_rng(0)
     batch = parallel.to_global(
         {
@@ -152,12 +130,12 @@ def bench_case(args) -> dict:
         },
         mesh,
     )
-    compiled = step_fn.lower(state, batch, teacher_params).compile()
+    compiled = built.train_fn.lower(state, batch, schedule, teacher_params).compile()
     memory = compiled.memory_analysis()
     holder = {"state": state}
 
     def run():
-        holder["state"], m = compiled(holder["state"], batch, teacher_params)
+        holder["state"], m = compiled(holder["state"], batch, schedule, teacher_params)
         return m["loss"]
 
     for _ in range(args.warmup):

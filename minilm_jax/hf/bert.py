@@ -27,7 +27,11 @@ _ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 # Defaults of transformers' config classes, used where a config.json omits a field.
 _HF_DEFAULTS = {
     "bert": dict(
-        type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0, bos_token_id=None, eos_token_id=None
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
     ),
     "roberta": dict(
         type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=1, bos_token_id=0, eos_token_id=2
