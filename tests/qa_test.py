@@ -522,6 +522,40 @@ def test_decode_matches_loop_reference_on_random_logits(windowed):
         assert got.predictions == want, (n_best, max_answer_len, threshold)
 
 
+def test_roberta_byte_level_bpe_round_trip():
+    """RoBERTa's byte-level BPE ("Ġword", multi-byte characters as byte symbols): labels sit on
+    tokens that decode to the answer, and gold logits decode to the exact answer text."""
+    from tokenizers import processors, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([CONTEXT, ZH_CONTEXT], trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    examples = [e for e in EXAMPLES if e.id != "zh"] + [
+        _example("zh", "北京", context=ZH_CONTEXT.replace("北京", " 北京 "), question="哪里?")
+    ]
+    windows = _encoder("roberta", tok).windows(examples)
+    assert windows.stats.answer_in_no_window == 0 and windows.stats.answer_text_mismatch == 0
+    for w in np.flatnonzero(windows.start_positions):
+        label = windows.input_ids[w][windows.start_positions[w] : windows.end_positions[w] + 1]
+        assert tok.decode(label.tolist()).strip() == examples[windows.example_index[w]].answers[0]
+    peaks = [
+        (w, windows.start_positions[w], windows.end_positions[w], 8.0) for w in range(len(windows))
+    ]
+    start, end = _peaked_logits(windows, peaks, max(windows.lengths))
+    for w in np.flatnonzero(windows.start_positions == 0):
+        start[w, 0] = end[w, 0] = -8.0 if examples[windows.example_index[w]].answers else 8.0
+    decoded = qa.decode(examples, windows, start, end)
+    assert decoded.predictions == {e.id: (e.answers[0] if e.answers else "") for e in examples}
+
+
 def test_answers_outside_every_window_are_counted(family_tokenizer):
     family, tok = family_tokenizer
     encoder = _encoder(family, tok)
