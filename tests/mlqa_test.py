@@ -133,3 +133,68 @@ def test_read_mlqa_from_tfds_mock():
         examples = mlqa.read_mlqa("zh", "test")
     assert len(examples) == 3 and all(isinstance(e.question, str) for e in examples)
     assert mlqa.dataset_name("de") == "mlqa/de"
+
+
+def test_reads_a_real_array_record_mlqa_dataset(tmp_path):
+    """The real TFDS mlqa/zh builder prepares array_record files from MLQA-layout JSON files
+    (download patched); read_mlqa reads them back and the golds score 100 against themselves."""
+    import json
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    context = "北京大学创建于1898年，初名京师大学堂。"
+    data = {
+        "version": "1.0",
+        "data": [
+            {
+                "title": "北京大学",
+                "paragraphs": [
+                    {
+                        "context": context,
+                        "qas": [
+                            {
+                                "id": "zh1",
+                                "question": "北京大学创建于哪一年？",
+                                "answers": [
+                                    {"text": "1898年", "answer_start": context.index("1898")}
+                                ],
+                            },
+                            {
+                                "id": "zh2",
+                                "question": "北京大学最初叫什么？",
+                                "answers": [
+                                    {"text": "京师大学堂", "answer_start": context.index("京师")}
+                                ],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    root = tmp_path / "src"
+    for split, folder in (("test", "test"), ("dev", "dev")):
+        (root / "MLQA_V1" / folder).mkdir(parents=True)
+        name = f"{split}-context-zh-question-zh.json"
+        (root / "MLQA_V1" / folder / name).write_text(
+            json.dumps(data, ensure_ascii=False), encoding="utf-8"
+        )
+    data_dir = str(tmp_path / "tfds")
+    with mock.patch.object(
+        tfds.download.DownloadManager,
+        "download_and_extract",
+        lambda self, urls: {k: str(root) for k in urls},
+    ):
+        tfds.builder("mlqa/zh", data_dir=data_dir).download_and_prepare(file_format="array_record")
+    examples = sorted(mlqa.read_mlqa("zh", "test", data_dir), key=lambda e: e.id)
+    assert [(e.id, e.context, e.answers) for e in examples] == [
+        ("zh1", context, ("1898年",)),
+        ("zh2", context, ("京师大学堂",)),
+    ]
+    assert examples[0].answer_starts == (context.index("1898"),)
+    golds = {e.id: list(e.answers) for e in examples}
+    predictions = {"zh1": "1898", "zh2": "京师大学堂"}  # "1898" vs "1898 年": F1 2/3
+    assert mlqa.mlqa_scores(golds, predictions, "zh") == pytest.approx(
+        {"exact_match": 50.0, "f1": 100 * (2 / 3 + 1) / 2}
+    )

@@ -612,68 +612,69 @@ def test_make_batch(windowed):
 # ------------------------------------------------------------------ readers
 
 
+# A small real SQuAD 2.0 split in the official file layout.
+SQUAD_V2_DATA = {
+    "version": "v2.0",
+    "data": [
+        {
+            "title": "Super_Bowl_50",
+            "paragraphs": [
+                {
+                    "context": (
+                        "Super Bowl 50 was an American football game to determine the "
+                        "champion of the National Football League (NFL) for the 2015 "
+                        "season. The American Football Conference (AFC) champion Denver "
+                        "Broncos defeated the National Football Conference (NFC) champion "
+                        "Carolina Panthers 24–10 to earn their third Super Bowl title."
+                    ),
+                    "qas": [
+                        {
+                            "id": "56be4db0acb8001400a502ec",
+                            "question": "Which NFL team represented the AFC at Super Bowl 50?",
+                            "answers": [
+                                {"text": "Denver Broncos", "answer_start": 177},
+                                {"text": "Denver Broncos", "answer_start": 177},
+                            ],
+                            "is_impossible": False,
+                        },
+                        {
+                            "id": "5ad39d53604f3c001a3fe8d1",
+                            "question": "Which team won Super Bowl 51?",
+                            "answers": [],
+                            "plausible_answers": [{"text": "Denver Broncos", "answer_start": 177}],
+                            "is_impossible": True,
+                        },
+                    ],
+                }
+            ],
+        },
+        {
+            "title": "Warsaw",
+            "paragraphs": [
+                {
+                    "context": "One of the most famous people born in Warsaw was Maria "
+                    "Skłodowska-Curie, who achieved international recognition for her "
+                    "research on radioactivity.",
+                    "qas": [
+                        {
+                            "id": "warsaw1",
+                            "question": "What was Maria Curie the first female recipient of?",
+                            "answers": [{"text": "Maria Skłodowska-Curie", "answer_start": 49}],
+                            "is_impossible": False,
+                        }
+                    ],
+                }
+            ],
+        },
+    ],
+}
+
+
 def test_squad_json_split_round_trip(tmp_path, bert_tokenizer):
     """A small real SQuAD 2.0-format split (the official file layout) -> examples -> windows
     whose gold logits decode to the gold texts and score 100."""
-    data = {
-        "version": "v2.0",
-        "data": [
-            {
-                "title": "Super_Bowl_50",
-                "paragraphs": [
-                    {
-                        "context": (
-                            "Super Bowl 50 was an American football game to determine the "
-                            "champion of the National Football League (NFL) for the 2015 "
-                            "season. The American Football Conference (AFC) champion Denver "
-                            "Broncos defeated the National Football Conference (NFC) champion "
-                            "Carolina Panthers 24–10 to earn their third Super Bowl title."
-                        ),
-                        "qas": [
-                            {
-                                "id": "56be4db0acb8001400a502ec",
-                                "question": "Which NFL team represented the AFC at Super Bowl 50?",
-                                "answers": [
-                                    {"text": "Denver Broncos", "answer_start": 177},
-                                    {"text": "Denver Broncos", "answer_start": 177},
-                                ],
-                                "is_impossible": False,
-                            },
-                            {
-                                "id": "5ad39d53604f3c001a3fe8d1",
-                                "question": "Which team won Super Bowl 51?",
-                                "answers": [],
-                                "plausible_answers": [
-                                    {"text": "Denver Broncos", "answer_start": 177}
-                                ],
-                                "is_impossible": True,
-                            },
-                        ],
-                    }
-                ],
-            },
-            {
-                "title": "Warsaw",
-                "paragraphs": [
-                    {
-                        "context": "One of the most famous people born in Warsaw was Maria "
-                        "Skłodowska-Curie, who achieved international recognition for her "
-                        "research on radioactivity.",
-                        "qas": [
-                            {
-                                "id": "warsaw1",
-                                "question": "What was Maria Curie the first female recipient of?",
-                                "answers": [{"text": "Maria Skłodowska-Curie", "answer_start": 49}],
-                                "is_impossible": False,
-                            }
-                        ],
-                    }
-                ],
-            },
-        ],
-    }
     path = tmp_path / "dev-v2.0.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path.write_text(json.dumps(SQUAD_V2_DATA), encoding="utf-8")
     examples = qa.read_squad_json(str(path))
     assert [e.id for e in examples] == [
         "56be4db0acb8001400a502ec",
@@ -735,3 +736,30 @@ def test_unprepared_dataset_error(tmp_path):
     assert "'squad/v2.0' split 'train'" in message and str(tmp_path) in message
     assert "it is not prepared in" in message
     assert tfds_source.prepare_command("squad/v2.0", str(tmp_path)) in message
+
+
+def test_reads_a_real_array_record_squad_dataset(tmp_path):
+    """The real TFDS squad/v2.0 builder prepares array_record files from the JSON above (its
+    download step patched to return the file); read_squad reads them back, without mocks, as
+    read_squad_json reads the file. A split the dataset lacks is named in the error."""
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    path = tmp_path / "dev-v2.0.json"
+    path.write_text(json.dumps(SQUAD_V2_DATA), encoding="utf-8")
+    data_dir = str(tmp_path / "tfds")
+    files = {"train": str(path), "dev": str(path)}
+    with mock.patch.object(
+        tfds.download.DownloadManager, "download_and_extract", lambda self, urls: files
+    ):
+        tfds.builder("squad/v2.0", data_dir=data_dir).download_and_prepare(
+            file_format="array_record"
+        )
+    from_tfds = sorted(qa.read_squad("2.0", "validation", data_dir), key=lambda e: e.id)
+    assert from_tfds == sorted(qa.read_squad_json(str(path)), key=lambda e: e.id)
+    assert len(qa.read_squad("2.0", "train", data_dir, limit=2)) == 2
+    with pytest.raises(
+        ValueError, match=r"it has no split 'test'; its splits: \['train', 'validation'\]"
+    ):
+        qa.read_squad("2.0", "test", data_dir)

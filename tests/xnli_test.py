@@ -136,3 +136,32 @@ def test_missing_tensorflow_datasets_names_the_extra(monkeypatch):
         ImportError, match=r"'xnli' needs tensorflow-datasets: pip install 'minilm_jax\[tfds\]'"
     ):
         tfds_source.open_source("xnli", "test")
+
+
+def test_reads_a_real_array_record_xnli_dataset(tmp_path):
+    """The real TFDS xnli builder prepares array_record files from XNLI-1.0-style TSV files
+    (download patched); read_xnli expands them per language, with the prepared labels checked."""
+    from unittest import mock
+
+    root = tmp_path / "src"
+    (root / "XNLI-1.0").mkdir(parents=True)
+    gold = ["entailment", "neutral", "contradiction"]
+    for split, pairs in (("dev", 3), ("test", 2)):
+        lines = ["language\tgold_label\tsentence1\tsentence2\tpairID"]
+        for pair in range(pairs):
+            for lang in xnli.LANGUAGES:
+                lines.append(
+                    f"{lang}\t{gold[pair % 3]}\tp{pair} {lang}\th{pair} {lang}\t{split}{pair}"
+                )
+        (root / "XNLI-1.0" / f"xnli.{split}.tsv").write_text(
+            "\n".join(lines) + "\n", encoding="utf-8"
+        )
+    data_dir = str(tmp_path / "tfds")
+    with mock.patch.object(
+        tfds.download.DownloadManager, "download_and_extract", lambda self, url: str(root)
+    ):
+        tfds.builder("xnli", data_dir=data_dir).download_and_prepare(file_format="array_record")
+    examples = xnli.read_xnli("validation", data_dir, languages=("en", "zh"))
+    rows = sorted(zip(*examples["zh"].texts, examples["zh"].labels.tolist()))
+    assert rows == [(f"p{i} zh", f"h{i} zh", i % 3) for i in range(3)]
+    assert len(xnli.read_xnli("test", data_dir)["sw"]) == 2
