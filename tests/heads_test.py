@@ -11,9 +11,9 @@ import torch
 import transformers
 from flax import nnx
 
+import hf_fixtures
 from minilm_jax import hf
 from minilm_jax.models import heads
-from tests import hf_fixtures
 
 FAMILIES = ("bert", "roberta", "xlm-roberta")
 LENGTHS = [9, 4, 12, 1]
