@@ -547,11 +547,24 @@ def _f1(prediction_tokens: list[str], gold_tokens: list[str], *, empty_match: bo
     return 2 * precision * recall / (precision + recall)
 
 
-def _v2_raw_scores(
-    golds: Mapping[str, Sequence[str]], predictions: Mapping[str, str]
-) -> tuple[dict[str, float], dict[str, float]]:
+def _gold_lists(golds: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """id -> list of gold texts; a bare string (not a list of answers) is refused, since
+    iterating it would score its characters."""
     if not golds:
         raise ValueError("no questions to score (golds is empty)")
+    out = {}
+    for qid, answers in golds.items():
+        if isinstance(answers, (str, bytes)):
+            raise ValueError(
+                f"golds[{qid!r}] is the string {answers!r}; give a list of gold answer texts"
+            )
+        out[qid] = [str(a) for a in answers]
+    return out
+
+
+def _v2_raw_scores(
+    golds: Mapping[str, list[str]], predictions: Mapping[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
     missing = [qid for qid in golds if qid not in predictions]
     if missing:
         # The official script prints "Missing prediction for <id>" and then fails on the
@@ -586,6 +599,7 @@ def squad_v2_scores(golds: Mapping[str, Sequence[str]], predictions: Mapping[str
     As in the official script, a subset with no question has no keys (a set of only
     answerable questions has no ``NoAns_*``). Totals are ints, the rest floats.
     """
+    golds = _gold_lists(golds)
     exact, f1 = _v2_raw_scores(golds, predictions)
     out = _subset_scores(exact, f1, list(golds))
     for prefix, keep in (("HasAns", True), ("NoAns", False)):
@@ -619,6 +633,7 @@ def squad_v2_best_thresholds(
     ``best_exact_thresh``, ``best_f1``, ``best_f1_thresh`` (scores in percent; thresholds in
     logit units, 0.0 when answering nothing is best).
     """
+    golds = _gold_lists(golds)
     exact, f1 = _v2_raw_scores(golds, predictions)
     missing = [qid for qid in golds if qid not in null_score_diffs]
     if missing:
@@ -658,9 +673,8 @@ def exact_match_f1(
 ) -> dict:
     """``exact_match`` and ``f1`` in percent as evaluate-v1.1.py computes them, with any
     answer normalisation (MLQA's script is this with its own ``normalize``)."""
-    if not golds:
-        raise ValueError("no questions to score (golds is empty)")
     exact = f1 = 0.0
+    golds = _gold_lists(golds)
     for qid, answers in golds.items():
         if not answers:
             raise ValueError(f"question {qid!r} has no gold answer; this metric needs one or more")

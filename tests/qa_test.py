@@ -153,6 +153,10 @@ def test_squad_v2_empty_subsets_and_missing_predictions():
         qa.squad_v2_scores({"a": ["x"], "b": []}, {"a": "x"})
     with pytest.raises(ValueError, match="no questions"):
         qa.squad_v2_scores({}, {})
+    with pytest.raises(ValueError, match=r"golds\['a'\] is the string 'x'; give a list"):
+        qa.squad_v1_scores({"a": "x"}, {"a": "x"})
+    # Any sequence of texts works as a gold list (TFDS gives arrays).
+    assert qa.squad_v2_scores({"a": np.array(["x", "y"])}, {"a": "y"})["exact"] == 100.0
 
 
 _WORDS = [
