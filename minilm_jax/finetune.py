@@ -42,6 +42,7 @@ from minilm_jax import checkpointing, cli, hf, loop, metrics, optim, parallel, s
 from minilm_jax import tasks as tasks_lib
 from minilm_jax.configs import check_positive, fail
 from minilm_jax.models import build_model
+from minilm_jax.models.heads import resolve_head
 from minilm_jax.models.transformer import DTYPES
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks_lib.Task:
     task = tasks_lib.get_task(config.task)
     if config.dtype not in DTYPES:
         fail("dtype", config.dtype, f"allowed: {DTYPES}")
-    tasks_lib.resolve_head(config.head, "bert")  # the value is checked; the family comes later
+    resolve_head(config.head, "bert")  # the value is checked; the family comes later
     if not 0.0 <= config.dropout < 1.0:
         fail("dropout", config.dropout, "must be in [0, 1)")
     if not 0.0 <= config.warmup_fraction < 1.0:

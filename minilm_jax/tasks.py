@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from minilm_jax import glue
-from minilm_jax.models.heads import HEADS, Classifier
+from minilm_jax.models.heads import SequenceClassifier, resolve_head
 
 
 class Features(Protocol):
@@ -71,16 +71,6 @@ class Task(Protocol):
     def score(self, metrics: Mapping[str, float]) -> float: ...
 
     def result_settings(self, config) -> dict[str, Any]: ...
-
-
-def resolve_head(head: str, family: str) -> str:
-    """ "auto": the pooler for BERT (as BertForSequenceClassification), the [CLS]/<s> head
-    with its own dense+tanh for the other families (as RobertaClassificationHead)."""
-    if head not in ("auto", *HEADS):
-        raise ValueError(f"config.head={head!r}; allowed: {('auto', *HEADS)}")
-    if head == "auto":
-        return "pooler" if family == "bert" else "cls"
-    return head
 
 
 def weighted_mean(per_row: jax.Array, weight: jax.Array) -> jax.Array:
@@ -139,7 +129,7 @@ class ClassificationTask:
 
     def build_model(self, encoder, config, *, rngs: nnx.Rngs) -> nnx.Module:
         head = resolve_head(config.head, encoder.config.family)
-        return Classifier(
+        return SequenceClassifier(
             encoder, self.glue_task.num_labels, head=head, dropout=config.dropout, rngs=rngs
         )
 

