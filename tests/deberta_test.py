@@ -226,6 +226,7 @@ def test_student_config_from_spec():
     ]
     assert all(getattr(student, f) == getattr(teacher, f) for f in shared)
     assert student.attention_scale == (32 * 3) ** -0.5
+    assert (student.position_offset, student.max_sequence_length) == (0, 512)
     model = nnx.eval_shape(lambda: build_model(student, rngs=nnx.Rngs(0)))
     assert isinstance(model, Deberta) and len(model.layers) == 6
 

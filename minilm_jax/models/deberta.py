@@ -212,6 +212,11 @@ class DebertaConfig:
         return self.hidden_size // self.num_heads
 
     @property
+    def position_offset(self) -> int:
+        """First position id of a real token: 0 (positions are 0..T-1, as BERT's)."""
+        return 0
+
+    @property
     def max_sequence_length(self) -> int:
         """The longest input the model was trained for (512 for DeBERTa-v3). A hard limit only
         with absolute positions (`position_biased_input`); relative positions saturate."""
