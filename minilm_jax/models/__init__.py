@@ -18,7 +18,7 @@ from types import ModuleType
 import jax
 from flax import nnx
 
-from minilm_jax.models import transformer
+from minilm_jax.models import deberta, transformer
 from minilm_jax.models.transformer import (
     FAMILIES,
     Transformer,
@@ -29,6 +29,7 @@ from minilm_jax.models.transformer import (
 )
 
 MODEL_FAMILIES: dict[str, ModuleType] = {family: transformer for family in FAMILIES}
+MODEL_FAMILIES[deberta.FAMILY] = deberta
 
 
 def family_module(config) -> ModuleType:
