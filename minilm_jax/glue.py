@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tokenizers
 
-from minilm_jax.data.packing import special_token_ids
+from minilm_jax.data.packing import FAIRSEQ_FAMILIES, special_token_ids
 from minilm_jax.data.sources import as_text
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ def truncate_longest_first(
 class PairEncoder:
     """Token ids of one or two texts -> the family's model input (ids and token types)."""
 
-    family: str  # "bert" | "roberta" | "xlm-roberta"
+    family: str  # a model family (data.packing.FAMILY_SPECIAL_TOKENS)
     cls_id: int  # [CLS] or <s>
     sep_id: int  # [SEP] or </s>
     pad_id: int
@@ -358,7 +358,8 @@ class PairEncoder:
     def num_special(self, pair: bool) -> int:
         if not pair:
             return 2  # [CLS] a [SEP] | <s> a </s>
-        return 3 if self.family == "bert" else 4  # [CLS] a [SEP] b [SEP] | <s> a </s></s> b </s>
+        # [CLS] a [SEP] b [SEP] | <s> a </s></s> b </s>
+        return 4 if self.family in FAIRSEQ_FAMILIES else 3
 
     def encode(
         self, a: Sequence[int], b: Sequence[int] | None = None
@@ -370,13 +371,13 @@ class PairEncoder:
         first = [self.cls_id, *a[:keep_a], self.sep_id]
         if b is None:
             second = []
-        elif self.family == "bert":
+        elif self.family not in FAIRSEQ_FAMILIES:
             second = [*b[:keep_b], self.sep_id]
         else:
             second = [self.sep_id, *b[:keep_b], self.sep_id]
         ids = np.asarray(first + second, np.int32)
         types = np.zeros(len(ids), np.int32)
-        if self.family == "bert":  # RoBERTa/XLM-R have a single token type
+        if self.family not in FAIRSEQ_FAMILIES:  # RoBERTa/XLM-R have a single token type
             types[len(first) :] = 1
         return ids, types
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import tokenizers
 
-from minilm_jax.data.packing import special_token_ids
+from minilm_jax.data.packing import FAIRSEQ_FAMILIES, special_token_ids
 from minilm_jax.data.sources import as_text
 from minilm_jax.tfds_source import open_source
 
@@ -150,10 +150,6 @@ def _check_unique(examples: list[QAExample], what: str) -> list[QAExample]:
 # ---------------------------------------------------------------------------------------------
 # Windows
 # ---------------------------------------------------------------------------------------------
-
-# Families whose pair layout is fairseq's <s> a </s></s> b </s> with one token type; every other
-# family uses BERT's [CLS] a [SEP] b [SEP] with token types 0/1.
-FAIRSEQ_FAMILIES = ("roberta", "xlm-roberta")
 
 
 @dataclasses.dataclass(frozen=True)

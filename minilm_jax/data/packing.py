@@ -22,7 +22,13 @@ FAMILY_SPECIAL_TOKENS = {
     "bert": ("[CLS]", "[SEP]", "[PAD]"),
     "roberta": ("<s>", "</s>", "<pad>"),
     "xlm-roberta": ("<s>", "</s>", "<pad>"),
+    "xlm-roberta-xl": ("<s>", "</s>", "<pad>"),
+    "deberta-v2": ("[CLS]", "[SEP]", "[PAD]"),
+    "modernbert": ("[CLS]", "[SEP]", "[PAD]"),
 }
+# Families whose sentence-pair layout is fairseq's `<s> a </s></s> b </s>` with one token type;
+# every other family uses BERT's `[CLS] a [SEP] b [SEP]` with token types 0/1.
+FAIRSEQ_FAMILIES = ("roberta", "xlm-roberta", "xlm-roberta-xl")
 
 Example = dict[str, np.ndarray]  # input_ids, attention_mask, token_type_ids: int32 [max_len]
 
