@@ -18,7 +18,7 @@ from types import ModuleType
 import jax
 from flax import nnx
 
-from minilm_jax.models import transformer
+from minilm_jax.models import modernbert, transformer, xlmr_xl
 from minilm_jax.models.transformer import (
     FAMILIES,
     Transformer,
@@ -29,6 +29,7 @@ from minilm_jax.models.transformer import (
 )
 
 MODEL_FAMILIES: dict[str, ModuleType] = {family: transformer for family in FAMILIES}
+MODEL_FAMILIES.update({modernbert.FAMILY: modernbert, xlmr_xl.FAMILY: xlmr_xl})
 
 
 def family_module(config) -> ModuleType:
