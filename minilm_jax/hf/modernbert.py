@@ -109,7 +109,13 @@ def _global_every(d: dict[str, Any], num_layers: int, source: str) -> int:
             f"{source}: layer_types must list one of {list(_LAYER_TYPES)} per layer "
             f"({num_layers}); got {layer_types}"
         )
-    for n in range(1, num_layers + 1):
+    # Several n can give the same list (2 layers: any n >= 2); the legacy field, when it agrees,
+    # decides, so that our exports read back with the n they were written with.
+    stated = d.get("global_attn_every_n_layers")
+    first = (
+        [stated] if isinstance(stated, int) and not isinstance(stated, bool) and stated > 0 else []
+    )
+    for n in first + list(range(1, num_layers + 1)):
         pattern = [
             "full_attention" if i % n == 0 else "sliding_attention" for i in range(num_layers)
         ]
