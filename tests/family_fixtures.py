@@ -257,11 +257,15 @@ def modernbert_reference(
 
 
 @torch.no_grad()
-def torch_attentions(model: torch.nn.Module, input_ids, attention_mask) -> list[np.ndarray]:
+def torch_attentions(
+    model: torch.nn.Module, input_ids, attention_mask, token_type_ids=None
+) -> list[np.ndarray]:
     """The attention probabilities [B, H, T, T] of every layer (eager attention), float64."""
+    as_long = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.long)  # noqa: E731
     out = model.base_model(
-        input_ids=torch.as_tensor(np.asarray(input_ids), dtype=torch.long),
-        attention_mask=torch.as_tensor(np.asarray(attention_mask), dtype=torch.long),
+        input_ids=as_long(input_ids),
+        attention_mask=as_long(attention_mask),
+        token_type_ids=None if token_type_ids is None else as_long(token_type_ids),
         output_attentions=True,
     )
     return [_as_np(a) for a in out.attentions]
@@ -329,19 +333,25 @@ def flat_bools(state) -> dict[tuple, bool]:
 
 @functools.cache
 def _jitted_forward(graphdef, num_layers, deterministic):
-    def run(state, input_ids, attention_mask, key):
+    def run(state, input_ids, attention_mask, token_type_ids, key):
         model = nnx.merge(graphdef, state)
         return model(
-            input_ids, attention_mask, num_layers=num_layers, deterministic=deterministic, rngs=key
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            num_layers=num_layers,
+            deterministic=deterministic,
+            rngs=key,
         )
 
     return jax.jit(run)
 
 
-def forward(model, input_ids, attention_mask, *, num_layers=None, rngs=None):
-    """`model(input_ids, attention_mask, num_layers=, deterministic=rngs is None, rngs=)` under
-    one `jax.jit` per model structure: a tiny model's eager forward compiles every operation
-    separately, which costs several times more than compiling the whole program once."""
+def forward(model, input_ids, attention_mask, token_type_ids=None, *, num_layers=None, rngs=None):
+    """`model(input_ids, attention_mask, token_type_ids, num_layers=, deterministic=rngs is None,
+    rngs=)` under one `jax.jit` per model structure: a tiny model's eager forward compiles every
+    operation separately, which costs several times more than compiling the program once."""
     graphdef, state = nnx.split(model)
     run = _jitted_forward(graphdef, num_layers, rngs is None)
-    return run(state, jnp.asarray(input_ids), jnp.asarray(attention_mask), rngs)
+    types = None if token_type_ids is None else jnp.asarray(token_type_ids)
+    return run(state, jnp.asarray(input_ids), jnp.asarray(attention_mask), types, rngs)
