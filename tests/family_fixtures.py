@@ -35,6 +35,28 @@ FAMILIES = ("modernbert", "xlm-roberta-xl")
 # ModernBERT's special tokens sit at the end of its vocabulary (50280..50284 in the real one),
 # so the pad id is neither 0 nor 1 and position/pad handling cannot work by accident.
 MODERNBERT_SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+# The tiny random teachers recommended for smoke distillation runs, as transformers config
+# overrides of `tiny_hf_config` (the smoke sizes of minilm_jax.configs.SMOKE_TEACHER: 4 layers,
+# hidden 64, 4 heads). ModernBERT: layers global, local, local, global; the gated feed-forward
+# at ModernBERT-base's 1.5 ratio; a window of 16 (keys within 8) so that smoke sequences of 32
+# tokens exceed it. Built with `make_tiny_family_model(family, path, **SMOKE_TEACHERS[family])`.
+SMOKE_TEACHERS = {
+    "modernbert": dict(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=96,
+        local_attention=16,
+        max_position_embeddings=512,
+    ),
+    "xlm-roberta-xl": dict(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=514,
+    ),
+}
 _CLASSES = {
     "modernbert": (
         transformers.ModernBertConfig,

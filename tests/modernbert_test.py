@@ -15,6 +15,7 @@ import transformers
 from flax import nnx
 
 from family_fixtures import (
+    SMOKE_TEACHERS,
     flat_bools,
     forward,
     gradient_is_zero,
@@ -517,3 +518,21 @@ def test_init_follows_transformers():
     assert abs(outputs.std() - trunc_std / 2) < 0.002 and np.abs(outputs).max() <= 0.05
     assert all(np.all(v == 1) for p, v in flat.items() if p[-1] == "scale")
     assert not any(p[-1] == "bias" for p in flat)  # no biases by default
+
+
+@pytest.mark.parametrize("family", ["modernbert", "xlm-roberta-xl"])
+def test_smoke_teacher_fixture_loads_with_its_tokenizer(tmp_path, family):
+    """The recommended tiny smoke teachers load, and their tokenizers fit them."""
+    make_tiny_family_model(family, tmp_path, **SMOKE_TEACHERS[family])
+    config, _ = hf.load_pretrained(tmp_path)
+    assert (config.family, config.num_layers, config.hidden_size) == (family, 4, 64)
+    ids = hf.load_tokenizer(tmp_path).encode("hello world, the cat sat").ids
+    assert max(ids) < config.vocab_size and len(ids) == 8
+    if family == "modernbert":
+        assert config.layer_types == ("full_attention", "sliding_attention") + (
+            "sliding_attention",
+            "full_attention",
+        )
+        assert (ids[0], ids[-1]) == (config.cls_token_id, config.sep_token_id)
+    else:
+        assert (ids[0], ids[-1]) == (config.bos_token_id, config.eos_token_id)
