@@ -6,6 +6,7 @@ import, the frozen-set rule vs zero gradients, configs and student specs."""
 
 import json
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import transformers
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
 from family_fixtures import (
     SMOKE_TEACHERS,
@@ -536,3 +538,39 @@ def test_smoke_teacher_fixture_loads_with_its_tokenizer(tmp_path, family):
         assert (ids[0], ids[-1]) == (config.cls_token_id, config.sep_token_id)
     else:
         assert (ids[0], ids[-1]) == (config.bos_token_id, config.eos_token_id)
+
+
+def test_checkpoint_errors_name_the_file_and_key(teacher, tmp_path):
+    """Fused tensors are checked whole: a missing or mis-shaped Wqkv/Wi, and encoder weights the
+    config does not describe, are errors naming the key."""
+    src = teacher["path"]
+    weights = load_file(os.path.join(src, "model.safetensors"))
+    with open(os.path.join(src, "config.json")) as f:
+        hf_config = json.load(f)
+
+    def write(name, weights, **changes):
+        path = tmp_path / name
+        path.mkdir()
+        save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps({**hf_config, **changes}))
+        return path
+
+    missing = {k: v for k, v in weights.items() if k != "layers.1.attn.Wqkv.weight"}
+    with pytest.raises(
+        ValueError, match=r"checkpoint lacks weights \['layers\.1\.attn\.Wqkv\.weight'\]"
+    ):
+        hf.load_pretrained(write("missing", missing))
+    with pytest.raises(
+        ValueError,
+        match=r"shape.*: weight 'layers\.0\.mlp\.Wi\.weight' has shape \(96, 32\) but the config "
+        r"needs \(80, 32\)",
+    ):
+        hf.load_pretrained(write("shape", weights, intermediate_size=40))
+    with pytest.raises(
+        ValueError,
+        match=r"encoder weights that a modernbert encoder of 3 layers does not have: "
+        r"\['embeddings\.norm\.bias'\]",
+    ):
+        hf.load_pretrained(
+            write("bias", {**weights, "embeddings.norm.bias": weights["embeddings.norm.weight"]})
+        )
