@@ -18,7 +18,7 @@ from typing import Any
 import jax.numpy as jnp
 from safetensors.numpy import save_file
 
-from minilm_jax.hf import bert, deberta
+from minilm_jax.hf import bert, deberta, modernbert, xlmr_xl
 from minilm_jax.hf.tokenizer import (
     TOKENIZER_FILES,
     check_folder,
@@ -33,7 +33,7 @@ CONFIG_FILE = "config.json"
 #   MODEL_TYPES, config_from_hf(d, source=, dtype=), config_to_hf(config), canonical_key(key),
 #   load(config, weights, source) -> model, tensors(config, model) -> {hf_key: array}.
 FAMILIES: dict[str, ModuleType] = {model_type: bert for model_type in bert.MODEL_TYPES}
-FAMILIES.update({model_type: deberta for model_type in deberta.MODEL_TYPES})
+FAMILIES.update({t: m for m in (deberta, modernbert, xlmr_xl) for t in m.MODEL_TYPES})
 
 __all__ = [
     "CONFIG_FILE",

@@ -79,7 +79,15 @@ def weight_table(config: TransformerConfig, *, with_pooler: bool) -> list[W.Entr
     return table
 
 
-def config_from_hf(d: dict[str, Any], *, source: str, dtype) -> TransformerConfig:
+def config_from_hf(
+    d: dict[str, Any],
+    *,
+    source: str,
+    dtype,
+    config_cls: type[TransformerConfig] = TransformerConfig,
+    defaults: dict[str, Any] | None = None,
+) -> TransformerConfig:
+    """`config_cls`/`defaults`: for families with BERT's config.json fields (XLM-R XL)."""
     family = d["model_type"]
     missing = [k for k in _HF_REQUIRED if k not in d]
     if missing:
@@ -95,9 +103,9 @@ def config_from_hf(d: dict[str, Any], *, source: str, dtype) -> TransformerConfi
             f"only bidirectional encoders are"
         )
     get = lambda key, default: default if d.get(key) is None else d[key]  # noqa: E731
-    defaults = _HF_DEFAULTS[family]
+    defaults = _HF_DEFAULTS[family] if defaults is None else defaults
     try:
-        return TransformerConfig(
+        return config_cls(
             family=family,
             vocab_size=d["vocab_size"],
             hidden_size=d["hidden_size"],
@@ -120,9 +128,9 @@ def config_from_hf(d: dict[str, Any], *, source: str, dtype) -> TransformerConfi
         raise ValueError(f"{source}: {e}") from e
 
 
-def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
+def config_to_hf(config: TransformerConfig, *, architecture: str | None = None) -> dict[str, Any]:
     d = {
-        "architectures": [_ARCHITECTURES[config.family]],
+        "architectures": [architecture or _ARCHITECTURES[config.family]],
         "model_type": config.family,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,

@@ -18,7 +18,7 @@ from types import ModuleType
 import jax
 from flax import nnx
 
-from minilm_jax.models import deberta, transformer
+from minilm_jax.models import deberta, modernbert, transformer, xlmr_xl
 from minilm_jax.models.transformer import (
     FAMILIES,
     Transformer,
@@ -29,7 +29,7 @@ from minilm_jax.models.transformer import (
 )
 
 MODEL_FAMILIES: dict[str, ModuleType] = {family: transformer for family in FAMILIES}
-MODEL_FAMILIES[deberta.FAMILY] = deberta
+MODEL_FAMILIES.update({m.FAMILY: m for m in (deberta, modernbert, xlmr_xl)})
 
 
 def family_module(config) -> ModuleType:

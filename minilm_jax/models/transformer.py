@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.struct
 import jax
@@ -33,8 +33,40 @@ DTYPES = ("float32", "bfloat16")
 _SPEC_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
+class ConfigMethods:
+    """`replace`, `to_dict`, `from_dict` for the frozen config dataclass of every family; errors
+    name the config class and its fields."""
+
+    def replace(self, **changes):
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"unknown {type(self).__name__} field(s) {unknown}; allowed: "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; allowed: {names}")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in d
+        ]
+        if required:
+            raise ValueError(f"{cls.__name__} dict lacks required field(s) {required}")
+        return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(ConfigMethods):
     """Architecture of one encoder. Field names follow the paper/our code; `minilm_jax.hf`
     translates them to and from Hugging Face's config.json names."""
 
@@ -57,9 +89,13 @@ class TransformerConfig:
     bos_token_id: int | None = None  # only carried to config.json (RoBERTa/XLM-R: 0)
     eos_token_id: int | None = None  # only carried to config.json (RoBERTa/XLM-R: 2)
 
+    # The families this config class describes (a subclass describes others: XLMRobertaXLConfig).
+    families: ClassVar[tuple[str, ...]] = FAMILIES
+
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"TransformerConfig.family={self.family!r}; allowed: {FAMILIES}")
+        cls = type(self).__name__
+        if self.family not in self.families:
+            raise ValueError(f"{cls}.family={self.family!r}; allowed: {self.families}")
         for name in (
             "vocab_size",
             "hidden_size",
@@ -71,47 +107,38 @@ class TransformerConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TransformerConfig.{name}={value!r}; must be a positive int")
+                raise ValueError(f"{cls}.{name}={value!r}; must be a positive int")
         if self.hidden_size % self.num_heads:
             raise ValueError(
-                f"TransformerConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"{cls}.hidden_size={self.hidden_size} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
-                f"TransformerConfig.pad_token_id={self.pad_token_id}; must be in "
+                f"{cls}.pad_token_id={self.pad_token_id}; must be in "
                 f"[0, vocab_size={self.vocab_size})"
             )
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(
-                    f"TransformerConfig.{name}={value}; must be None or in "
-                    f"[0, vocab_size={self.vocab_size})"
+                    f"{cls}.{name}={value}; must be None or in [0, vocab_size={self.vocab_size})"
                 )
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(
-                    f"TransformerConfig.{name}={getattr(self, name)}; must be in [0, 1)"
-                )
+                raise ValueError(f"{cls}.{name}={getattr(self, name)}; must be in [0, 1)")
         if not self.layer_norm_eps > 0:
-            raise ValueError(f"TransformerConfig.layer_norm_eps={self.layer_norm_eps}; must be > 0")
+            raise ValueError(f"{cls}.layer_norm_eps={self.layer_norm_eps}; must be > 0")
         if not self.initializer_range > 0:
-            raise ValueError(
-                f"TransformerConfig.initializer_range={self.initializer_range}; must be > 0"
-            )
+            raise ValueError(f"{cls}.initializer_range={self.initializer_range}; must be > 0")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
-                f"TransformerConfig.hidden_act={self.hidden_act!r}; allowed: {ACTIVATIONS}"
-            )
+            raise ValueError(f"{cls}.hidden_act={self.hidden_act!r}; allowed: {ACTIVATIONS}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(
-                    f"TransformerConfig.{name}={getattr(self, name)!r}; allowed: {DTYPES}"
-                )
+                raise ValueError(f"{cls}.{name}={getattr(self, name)!r}; allowed: {DTYPES}")
         if self.max_sequence_length < 1:
             raise ValueError(
-                f"TransformerConfig.max_position_embeddings={self.max_position_embeddings} leaves no "
+                f"{cls}.max_position_embeddings={self.max_position_embeddings} leaves no "
                 f"position for real tokens after the offset {self.position_offset} of family "
                 f"{self.family!r} (pad_token_id + 1)"
             )
@@ -130,33 +157,6 @@ class TransformerConfig:
         """Longest input the position table covers (512 for bert-base and roberta-base)."""
         return self.max_position_embeddings - self.position_offset
 
-    def replace(self, **changes) -> TransformerConfig:
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(
-                f"unknown TransformerConfig field(s) {unknown}; allowed: "
-                f"{[f.name for f in dataclasses.fields(self)]}"
-            )
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown TransformerConfig field(s) {unknown}; allowed: {names}")
-        required = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.name not in d
-        ]
-        if required:
-            raise ValueError(f"TransformerConfig dict lacks required field(s) {required}")
-        return cls(**d)
-
 
 def student_config(
     spec: str,
@@ -170,8 +170,12 @@ def student_config(
 
     Everything the student must share with the teacher to read the same token ids (vocabulary,
     family, position table, token types, pad/bos/eos ids) and the LayerNorm epsilon, dropout,
-    activation and dtypes are copied from `teacher`. The feed-forward width defaults to
-    4 x hidden as in the paper (not the teacher's width). `overrides` replace any other field.
+    activation and dtypes are copied from `teacher`, and so is the family: the student is of
+    the teacher's config class (a ModernBERT teacher gives a ModernBERT student; for a student
+    of another family build its config directly). The feed-forward width defaults to 4 x hidden
+    as in the paper (not the teacher's width), or to what the teacher's config class says in
+    `student_intermediate_size(hidden_size)` where it has one (ModernBERT: the teacher's ratio,
+    as its gated feed-forward is not 4 x wide). `overrides` replace any other field.
     """
     match = _SPEC_RE.match(spec) if isinstance(spec, str) else None
     if match is None:
@@ -184,11 +188,14 @@ def student_config(
             f"student spec {spec!r}: hidden size {hidden_size} is not divisible by "
             f"num_heads={num_heads}"
         )
+    if intermediate_size is None:
+        default = getattr(teacher, "student_intermediate_size", None)
+        intermediate_size = 4 * hidden_size if default is None else default(hidden_size)
     return teacher.replace(
         num_layers=num_layers,
         hidden_size=hidden_size,
         num_heads=num_heads,
-        intermediate_size=4 * hidden_size if intermediate_size is None else intermediate_size,
+        intermediate_size=intermediate_size,
         **overrides,
     )
 
@@ -259,9 +266,10 @@ def _dropout(layer: nnx.Dropout, x: jax.Array, *, deterministic: bool, rngs) -> 
 
 
 class Embeddings(nnx.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout (HF BertEmbeddings)."""
+    """Word + position + token-type embeddings, LayerNorm, dropout (HF BertEmbeddings).
+    `layer_norm=False`: no LayerNorm (pre-LayerNorm XLM-R XL normalises inside each layer)."""
 
-    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, layer_norm: bool = True):
         self.config = config
         std, pdt = config.initializer_range, jnp.dtype(config.param_dtype)
         # Lookups stay in param_dtype so the three-way sum is exact before the LayerNorm casts.
@@ -291,7 +299,7 @@ class Embeddings(nnx.Module):
             embedding_init=_normal_init(std),
             rngs=rngs,
         )
-        self.layer_norm = _layer_norm(config, rngs)
+        self.layer_norm = _layer_norm(config, rngs) if layer_norm else None
         self.dropout = nnx.Dropout(config.hidden_dropout)
 
     def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
@@ -300,7 +308,11 @@ class Embeddings(nnx.Module):
             + self.position_embeddings(position_ids(self.config, input_ids))
             + self.token_type_embeddings(token_type_ids)
         )
-        return _dropout(self.dropout, self.layer_norm(x), deterministic=deterministic, rngs=rngs)
+        if self.layer_norm is None:  # the sum is in param_dtype: cast like the LayerNorm would
+            x = x.astype(jnp.dtype(self.config.dtype))
+        else:
+            x = self.layer_norm(x)
+        return _dropout(self.dropout, x, deterministic=deterministic, rngs=rngs)
 
 
 class SelfAttention(nnx.Module):
@@ -449,16 +461,35 @@ class Transformer(nnx.Module):
         )
 
 
-def unreachable_param(path: tuple, num_layers: int, used: frozenset[str]) -> bool:
-    """True for a parameter that a relation loss reading only the projections `used` (a subset
-    of {"q", "k", "v"}) of the last layer cannot reach: in that layer everything after the
-    q/k/v projections (attention output, its LayerNorm, the feed-forward), the projections
-    not in `used`, and the pooler. `path` is the parameter's key path in `nnx.state(model)`."""
-    if path[0] == "pooler":
+def last_layer_unreachable(
+    path: tuple, num_layers: int, used: frozenset[str], *, pre_layer_norm: bool
+) -> bool:
+    """The frozen-set rule of every encoder family whose layers are named like ours
+    (`layers.<i>.attention.{layer_norm,query,key,value,output}`, `layers.<i>.feed_forward.*`,
+    `final_norm`, `pooler`): True for a parameter that a relation loss reading only the
+    projections `used` (a subset of {"q", "k", "v"}) of the last layer cannot reach.
+
+    Unreachable: in the last layer everything after the q/k/v projections (attention output,
+    a post-attention LayerNorm, the feed-forward with its LayerNorm) and the projections not in
+    `used`; the final LayerNorm and the pooler. With `pre_layer_norm` the last layer's
+    `attention.layer_norm` normalises the projections' input, so it is reachable whenever any
+    projection is used.
+    """
+    if path[0] in ("pooler", "final_norm"):
         return True
     if path[0] != "layers" or path[1] != num_layers - 1:
         return False
     if path[2] == "feed_forward":
         return True
+    if path[3] == "layer_norm":
+        return not (pre_layer_norm and used)
     projection = {"query": "q", "key": "k", "value": "v"}.get(path[3])
     return projection is None or projection not in used
+
+
+def unreachable_param(path: tuple, num_layers: int, used: frozenset[str]) -> bool:
+    """True for a parameter that a relation loss reading only the projections `used` (a subset
+    of {"q", "k", "v"}) of the last layer cannot reach: in that layer everything after the
+    q/k/v projections (attention output, its LayerNorm, the feed-forward), the projections
+    not in `used`, and the pooler. `path` is the parameter's key path in `nnx.state(model)`."""
+    return last_layer_unreachable(path, num_layers, used, pre_layer_norm=False)
