@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from types import ModuleType
 from typing import Any
 
@@ -21,11 +22,19 @@ from safetensors.numpy import save_file
 from minilm_jax.hf import bert
 from minilm_jax.hf.tokenizer import (
     TOKENIZER_FILES,
+    as_path,
     check_folder,
     copy_tokenizer_files,
     load_tokenizer,
 )
-from minilm_jax.hf.weights import SAFETENSORS_FILE, WEIGHT_FILES, canonical_weights, read_weights
+from minilm_jax.hf.weights import (
+    SAFETENSORS_FILE,
+    WEIGHT_FILES,
+    canonical_weights,
+    read_json_object,
+    read_weights,
+    weight_files,
+)
 
 CONFIG_FILE = "config.json"
 
@@ -76,8 +85,7 @@ def load_config(path, dtype=jnp.float32):
         raise FileNotFoundError(
             f"{file} not found: a Hugging Face checkpoint folder needs a {CONFIG_FILE}"
         )
-    with open(file) as f:
-        return config_from_hf_dict(json.load(f), source=file, dtype=dtype)
+    return config_from_hf_dict(read_json_object(file), source=file, dtype=dtype)
 
 
 def load_pretrained(path, dtype=jnp.float32):
@@ -94,10 +102,46 @@ def load_pretrained(path, dtype=jnp.float32):
     return config, family.load(config, weights, path)
 
 
-def save_pretrained(config, model, path) -> None:
+def _output_folder(path, *, overwrite: bool, caller: str) -> str:
+    """`path` as a folder that may be written: missing or empty, or (with `overwrite`) any
+    folder. Refusing changes nothing on disk."""
+    path = as_path(path, f"{caller}: path")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{caller}: {path!r} is a file, not a folder")
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    if entries and not overwrite:
+        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+        raise FileExistsError(
+            f"{caller}: folder {path!r} is not empty (it holds {shown}); choose a new folder, "
+            f"or pass overwrite=True to replace the model in it"
+        )
+    return path
+
+
+def _remove_stale_model_files(path: str) -> None:
+    """Removes the weights (every format, shards and indexes) of a model saved earlier in
+    `path`, so what is written next is the folder's one model. Other files (a README, notes, a
+    tokenizer) are kept."""
+    if not os.path.isdir(path):
+        return
+    for name in weight_files(path):
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        else:
+            os.remove(target)
+
+
+def save_pretrained(config, model, path, *, overwrite: bool = False) -> None:
     """Writes config.json + model.safetensors that `transformers.AutoModel.from_pretrained(path)`
     loads into the matching PyTorch model with the same outputs. Weights are written in
-    float32 (exact for float32 and bfloat16 parameters)."""
+    float32 (exact for float32 and bfloat16 parameters).
+
+    `path` must be missing or empty: a folder with anything in it (another model, a teacher)
+    is refused and left untouched, unless `overwrite=True`, which first removes the weight
+    files of any earlier model (pytorch_model.bin, shards and their index...), so the folder
+    holds one consistent model.
+    """
     # Compute dtypes do not change the weights; every other field must describe this model.
     differing = [
         f
@@ -110,10 +154,13 @@ def save_pretrained(config, model, path) -> None:
             f"{[(getattr(config, f), getattr(model.config, f)) for f in differing]}"
         )
     family = _family(config.family, "config")
-    path = os.fspath(path)
+    path = _output_folder(path, overwrite=overwrite, caller="save_pretrained")
+    tensors = family.tensors(config, model)  # before anything on disk changes
+    hf_config = config_to_hf_dict(config)
+    _remove_stale_model_files(path)
     os.makedirs(path, exist_ok=True)
-    tensors = family.tensors(config, model)
     save_file(tensors, os.path.join(path, SAFETENSORS_FILE), metadata={"format": "pt"})
+    # config.json last: a folder with one has complete weights beside it.
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(config_to_hf_dict(config), f, indent=2, sort_keys=True)
+        json.dump(hf_config, f, indent=2, sort_keys=True)
         f.write("\n")
