@@ -522,6 +522,27 @@ def test_save_pretrained_overwrite_removes_stale_model_files(tiny, tmp_path):
             }
         ).encode(),
         "tf_model.h5": b"old",
+        "modules.json": json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "pooling_here",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        ).encode(),
+        "pooling_here/config.json": b"{}",
+        "2_Dense/config.json": b"{}",
+        "2_Dense/model.safetensors": b"old",
+        "sentence_bert_config.json": b"{}",
+        "config_sentence_transformers.json": b"{}",
         "README.md": b"kept: not a model file",
     }
     for name, data in stale.items():

@@ -6,10 +6,15 @@ its config translation and its weight table (HF key -> module path + transform):
 module; everything else (reading weight files, checking keys, building the model with
 `nnx.eval_shape`) is shared (`hf/weights.py`). Weights are read with the safetensors NumPy
 API; torch is imported only for a `pytorch_model.bin` checkpoint.
+
+`export_student` writes a distilled student: weights, the teacher's tokenizer and, when the
+teacher is a sentence-transformers model, the files that make the student one too
+(`hf/sentence_transformers.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,12 +25,19 @@ import jax.numpy as jnp
 from safetensors.numpy import save_file
 
 from minilm_jax.hf import bert
+from minilm_jax.hf.sentence_transformers import (
+    SentenceEmbeddingConfig,
+    read_sentence_transformers,
+    sentence_transformers_files,
+    write_sentence_transformers,
+)
 from minilm_jax.hf.tokenizer import (
     TOKENIZER_FILES,
     as_path,
     check_folder,
     copy_tokenizer_files,
     load_tokenizer,
+    tokenizer_files,
 )
 from minilm_jax.hf.weights import (
     SAFETENSORS_FILE,
@@ -49,12 +61,15 @@ __all__ = [
     "SAFETENSORS_FILE",
     "TOKENIZER_FILES",
     "WEIGHT_FILES",
+    "SentenceEmbeddingConfig",
     "config_from_hf_dict",
     "config_to_hf_dict",
     "copy_tokenizer_files",
+    "export_student",
     "load_config",
     "load_pretrained",
     "load_tokenizer",
+    "read_sentence_transformers",
     "save_pretrained",
 ]
 
@@ -119,12 +134,12 @@ def _output_folder(path, *, overwrite: bool, caller: str) -> str:
 
 
 def _remove_stale_model_files(path: str) -> None:
-    """Removes the weights (every format, shards and indexes) of a model saved earlier in
-    `path`, so what is written next is the folder's one model. Other files (a README, notes, a
-    tokenizer) are kept."""
+    """Removes the weights (every format, shards and indexes) and sentence-transformers files of
+    a model saved earlier in `path`, so what is written next is the folder's one model. Other
+    files (a README, notes, a tokenizer) are kept."""
     if not os.path.isdir(path):
         return
-    for name in weight_files(path):
+    for name in weight_files(path) + sentence_transformers_files(path):
         target = os.path.join(path, name)
         if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target)
@@ -139,8 +154,8 @@ def save_pretrained(config, model, path, *, overwrite: bool = False) -> None:
 
     `path` must be missing or empty: a folder with anything in it (another model, a teacher)
     is refused and left untouched, unless `overwrite=True`, which first removes the weight
-    files of any earlier model (pytorch_model.bin, shards and their index...), so the folder
-    holds one consistent model.
+    files of any earlier model (pytorch_model.bin, shards and their index...) and its
+    sentence-transformers files, so the folder holds one consistent model.
     """
     # Compute dtypes do not change the weights; every other field must describe this model.
     differing = [
@@ -164,3 +179,38 @@ def save_pretrained(config, model, path, *, overwrite: bool = False) -> None:
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def export_student(config, model, teacher_path, path, *, overwrite: bool = False) -> str:
+    """Writes a distilled student to the folder `path` and returns `path`: its weights and
+    config (`save_pretrained`), the teacher's tokenizer files and, when the teacher folder is
+    a sentence-transformers model, the same embedding pipeline (pooling, normalisation, max
+    length, prompts) around the student, with the student's width, so that
+    `SentenceTransformer(path)` loads it.
+
+    The teacher's pipeline is checked before anything is written: an unsupported one (see
+    `hf/sentence_transformers.py`) is a ValueError and `path` is not touched; so is a
+    non-empty `path` unless `overwrite=True` (see `save_pretrained`). The max length is the
+    teacher's, capped at the positions the student has.
+    """
+    teacher_path = check_folder(teacher_path)
+    if os.path.exists(as_path(path, "export_student: path")) and os.path.samefile(
+        teacher_path, path
+    ):
+        raise ValueError(f"export_student: {path!r} is the teacher's folder; choose another")
+    st_config = read_sentence_transformers(teacher_path)
+    tokenizer_files(teacher_path)  # the teacher has a tokenizer to copy
+    path = _output_folder(path, overwrite=overwrite, caller="export_student")
+    save_pretrained(config, model, path, overwrite=True)  # the folder was checked just above
+    for name in TOKENIZER_FILES:  # an earlier model's tokenizer, whether replaced or not
+        if os.path.isfile(os.path.join(path, name)):
+            os.remove(os.path.join(path, name))
+    copy_tokenizer_files(teacher_path, path)
+    if st_config is not None:
+        positions = getattr(config, "max_sequence_length", None)
+        if positions is not None and (
+            st_config.max_seq_length is None or st_config.max_seq_length > positions
+        ):
+            st_config = dataclasses.replace(st_config, max_seq_length=positions)
+        write_sentence_transformers(path, st_config, embedding_dimension=config.hidden_size)
+    return path
