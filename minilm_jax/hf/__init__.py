@@ -194,9 +194,8 @@ def export_student(config, model, teacher_path, path, *, overwrite: bool = False
     teacher's, capped at the positions the student has.
     """
     teacher_path = check_folder(teacher_path)
-    if os.path.exists(as_path(path, "export_student: path")) and os.path.samefile(
-        teacher_path, path
-    ):
+    path = as_path(path, "export_student: path")
+    if os.path.exists(path) and os.path.samefile(teacher_path, path):
         raise ValueError(f"export_student: {path!r} is the teacher's folder; choose another")
     st_config = read_sentence_transformers(teacher_path)
     tokenizer_files(teacher_path)  # the teacher has a tokenizer to copy
