@@ -655,8 +655,11 @@ def export_student(host_params, graphdef, student_cfg, teacher_folder: str, work
     path = os.path.join(workdir, "hf_student")
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, host_params)
-        hf.save_pretrained(student_cfg.replace(dtype="float32"), model, path)
-        hf.copy_tokenizer_files(teacher_folder, path)
+        # hf_student belongs to this run (its workdir): a re-export replaces it. A student of
+        # a sentence-transformers teacher is written as one too.
+        hf.export_student(
+            student_cfg.replace(dtype="float32"), model, teacher_folder, path, overwrite=True
+        )
         print(f"Student written to {path}", flush=True)
     sync_hosts("export")
     return path

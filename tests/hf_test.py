@@ -5,6 +5,7 @@ trips through transformers.AutoModel, checkpoint formats, tokenizers, and error 
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 
@@ -403,6 +404,164 @@ def test_buffers_in_checkpoint_are_ignored_silently(tiny, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="minilm_jax.hf")
     hf.load_pretrained(path)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("value", [None, 42, ["a/b"]])
+def test_error_path_that_is_not_a_path(value):
+    match = (
+        rf"checkpoint folder must be a path \(str or os\.PathLike\), got {re.escape(repr(value))}"
+    )
+    for load in (hf.load_pretrained, hf.load_config, hf.load_tokenizer):
+        with pytest.raises(TypeError, match=match):
+            load(value)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            '{"model_type": "bert",',
+            r"config\.json is not valid JSON \(Expecting .* at line 1 column",
+        ),
+        ("[1, 2]", r"config\.json: expected a JSON object \(\{\.\.\.\}\), got list"),
+    ],
+)
+def test_error_config_json_not_a_json_object(tiny, tmp_path, text, match):
+    path = _copy_checkpoint(tiny, tmp_path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        f.write(text)
+    with pytest.raises(ValueError, match=re.escape(path) + ".*" + match):
+        hf.load_pretrained(path)
+
+
+def _truncate(file):
+    with open(file, "rb") as f:
+        data = f.read()
+    with open(file, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def test_error_truncated_safetensors(tiny, tmp_path):
+    path = _copy_checkpoint(tiny, tmp_path)
+    _truncate(os.path.join(path, "model.safetensors"))
+    with pytest.raises(
+        ValueError,
+        match=re.escape(os.path.join(path, "model.safetensors"))
+        + r" cannot be read \(SafetensorError: .*\): the file is damaged or truncated",
+    ):
+        hf.load_pretrained(path)
+
+
+def test_error_truncated_pytorch_bin(tmp_path):
+    make_tiny_hf_model("bert", tmp_path, weights_format="bin", with_tokenizer=False)
+    _truncate(os.path.join(tmp_path, "pytorch_model.bin"))
+    with pytest.raises(
+        ValueError, match=r"pytorch_model\.bin cannot be read \(.*\): the file is damaged"
+    ):
+        hf.load_pretrained(tmp_path)
+
+
+def test_error_shard_missing(tiny, tmp_path):
+    path = str(tmp_path / "sharded")
+    tiny["roberta"][1].save_pretrained(path, max_shard_size="20KB")
+    with open(os.path.join(path, "model.safetensors.index.json")) as f:
+        shard = max(json.load(f)["weight_map"].values())
+    os.remove(os.path.join(path, shard))
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(shard) + r" not found, but .*model\.safetensors\.index\.json lists it",
+    ):
+        hf.load_pretrained(path)
+
+
+# --- save_pretrained into a folder that is not empty -----------------------------------------
+
+
+def _snapshot(path):
+    """Every file under `path` with its bytes."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            file = os.path.join(root, name)
+            with open(file, "rb") as f:
+                out[os.path.relpath(file, path)] = f.read()
+    return out
+
+
+def test_save_pretrained_refuses_a_folder_that_is_not_empty(tiny, tmp_path):
+    teacher = _copy_checkpoint(tiny, tmp_path)
+    before = _snapshot(teacher)
+    config = student_config("1x32", hf.load_config(teacher), num_heads=4)
+    with pytest.raises(
+        FileExistsError,
+        match=r"^save_pretrained: folder '.*ckpt' is not empty \(it holds config\.json, "
+        r"model\.safetensors, tokenizer\.json, tokenizer_config\.json, vocab\.txt\); choose "
+        r"a new folder, or pass overwrite=True to replace the model in it$",
+    ):
+        hf.save_pretrained(config, random_model(config), teacher)
+    assert _snapshot(teacher) == before  # nothing written, nothing deleted
+    assert hf.load_pretrained(teacher)[0] == hf.load_config(tiny["bert"][0])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match=r"save_pretrained: '.*file' is a file, not a folder"):
+        hf.save_pretrained(config, random_model(config), tmp_path / "file")
+
+
+def test_save_pretrained_overwrite_removes_stale_model_files(tiny, tmp_path):
+    path = _copy_checkpoint(tiny, tmp_path)
+    stale = {
+        "pytorch_model.bin": b"old",
+        "model-00001-of-00002.safetensors": b"old",
+        "model-00002-of-00002.safetensors": b"old",
+        "odd_shard_name.safetensors": b"old",
+        "model.safetensors.index.json": json.dumps(
+            {
+                "weight_map": {
+                    "a": "model-00001-of-00002.safetensors",
+                    "b": "odd_shard_name.safetensors",
+                }
+            }
+        ).encode(),
+        "tf_model.h5": b"old",
+        "modules.json": json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "pooling_here",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        ).encode(),
+        "pooling_here/config.json": b"{}",
+        "2_Dense/config.json": b"{}",
+        "2_Dense/model.safetensors": b"old",
+        "sentence_bert_config.json": b"{}",
+        "config_sentence_transformers.json": b"{}",
+        "README.md": b"kept: not a model file",
+    }
+    for name, data in stale.items():
+        os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
+        with open(os.path.join(path, name), "wb") as f:
+            f.write(data)
+    config = student_config("1x32", hf.load_config(path), num_heads=4)
+    model = random_model(config, seed=2)
+    hf.save_pretrained(config, model, path, overwrite=True)
+    assert sorted(os.listdir(path)) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
+    loaded_config, _ = hf.load_pretrained(path)
+    assert loaded_config == config
 
 
 # --- tokenizers ------------------------------------------------------------------------------

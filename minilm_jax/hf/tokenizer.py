@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from minilm_jax.hf.weights import read_json_object
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -22,8 +23,18 @@ TOKENIZER_FILES = (
 )
 
 
-def check_folder(path) -> str:
+def as_path(path, what: str = "checkpoint folder") -> str:
+    """`path` (str or os.PathLike) as a str; anything else (None, a number...) is an error."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got {path!r}")
     path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"{what} must be a non-empty str path, got {path!r}")
+    return path
+
+
+def check_folder(path) -> str:
+    path = as_path(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint folder {path!r} does not exist (or is not a folder)")
     return path
@@ -42,8 +53,7 @@ def _wordpiece_tokenizer(path: str) -> tokenizers.Tokenizer:
     settings = {}
     config_file = os.path.join(path, "tokenizer_config.json")
     if os.path.isfile(config_file):
-        with open(config_file) as f:
-            settings = json.load(f)
+        settings = read_json_object(config_file)
     special = {
         name: _token_text(settings.get(f"{name}_token"), default)
         for name, default in (
@@ -86,7 +96,10 @@ def load_tokenizer(path) -> tokenizers.Tokenizer:
     path = check_folder(path)
     file = os.path.join(path, "tokenizer.json")
     if os.path.isfile(file):
-        tok = tokenizers.Tokenizer.from_file(file)
+        try:
+            tok = tokenizers.Tokenizer.from_file(file)
+        except Exception as e:  # the Rust library raises a bare Exception
+            raise ValueError(f"{file} is not a valid tokenizer file: {e}") from e
     elif os.path.isfile(os.path.join(path, "vocab.txt")):
         tok = _wordpiece_tokenizer(path)
     else:
@@ -100,14 +113,20 @@ def load_tokenizer(path) -> tokenizers.Tokenizer:
     return tok
 
 
-def copy_tokenizer_files(src_path, dst_path) -> None:
-    """Copies the tokenizer files of `src_path` next to an exported student in `dst_path`."""
-    src_path = check_folder(src_path)
-    present = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src_path, n))]
+def tokenizer_files(path) -> list[str]:
+    """Names of the tokenizer files in the checkpoint folder `path` (an error if it has none)."""
+    path = check_folder(path)
+    present = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(path, n))]
     if "tokenizer.json" not in present and "vocab.txt" not in present:
         raise FileNotFoundError(
-            f"no tokenizer in {src_path!r}: looked for tokenizer.json and vocab.txt"
+            f"no tokenizer in {path!r}: looked for tokenizer.json and vocab.txt"
         )
+    return present
+
+
+def copy_tokenizer_files(src_path, dst_path) -> None:
+    """Copies the tokenizer files of `src_path` next to an exported student in `dst_path`."""
+    present = tokenizer_files(src_path)
     os.makedirs(dst_path, exist_ok=True)
     for name in present:
         shutil.copyfile(os.path.join(src_path, name), os.path.join(dst_path, name))

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax.numpy as jnp
 import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy so BF16 safetensors load)
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 logger = logging.getLogger("minilm_jax.hf")
 
@@ -66,9 +67,39 @@ class Entry(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
+def read_json(file: str) -> Any:
+    """The JSON value in `file`; a file that is not JSON is an error naming it."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{file} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not UTF-8 text, so not a JSON file") from e
+
+
+def read_json_object(file: str) -> dict[str, Any]:
+    value = read_json(file)
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: expected a JSON object ({{...}}), got {type(value).__name__}")
+    return value
+
+
+def _damaged(file: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"{file} cannot be read ({type(error).__name__}: {error}): the file is damaged or "
+        f"truncated (an interrupted download or copy?); download or save it again"
+    )
+
+
 def read_safetensors(file: str) -> dict[str, np.ndarray]:
-    with safe_open(file, framework="np") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
+    try:
+        with safe_open(file, framework="np") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _damaged(file, e) from e
 
 
 def read_torch(file: str) -> dict[str, np.ndarray]:
@@ -79,12 +110,27 @@ def read_torch(file: str) -> dict[str, np.ndarray]:
             f"{file} is a PyTorch checkpoint and reading it needs torch, which is not "
             f"installed: install torch, or re-save the checkpoint as {SAFETENSORS_FILE}"
         ) from e
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... here
+        raise _damaged(file, e) from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{file}: expected a state dict (weight name -> tensor)")
     # NumPy has no torch.bfloat16; float32 holds every bfloat16 value exactly.
     return {
         k: (v.float() if v.dtype == torch.bfloat16 else v).detach().numpy()
         for k, v in state.items()
     }
+
+
+def _shards(index_file: str) -> list[str]:
+    """The shard file names a sharded checkpoint's index maps weights to."""
+    weight_map = read_json_object(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(
+            f"{index_file}: expected a 'weight_map' object (weight name -> shard file)"
+        )
+    return sorted(set(weight_map.values()))
 
 
 def read_weights(path: str) -> dict[str, np.ndarray]:
@@ -96,13 +142,32 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
         read = read_safetensors if "safetensors" in name else read_torch
         if not name.endswith(".index.json"):
             return read(file)
-        with open(file) as f:  # sharded checkpoint: the index maps each key to its shard
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        weights = {}
-        for shard in shards:
-            weights.update(read(os.path.join(path, shard)))
+        weights = {}  # sharded checkpoint: the index maps each key to its shard
+        for shard in _shards(file):
+            shard_file = os.path.join(path, shard)
+            if not os.path.isfile(shard_file):
+                raise FileNotFoundError(f"{shard_file} not found, but {file} lists it as a shard")
+            weights.update(read(shard_file))
         return weights
     raise FileNotFoundError(f"no weights file in {path!r}: looked for {list(WEIGHT_FILES)}")
+
+
+# Weight files of other frameworks and shards that transformers may have written.
+_OTHER_WEIGHT_FILES = ("tf_model.h5", "flax_model.msgpack")
+_SHARD_RE = re.compile(r"^(model|pytorch_model|tf_model|flax_model)-\d+-of-\d+\.\w+$")
+
+
+def weight_files(path: str) -> list[str]:
+    """Names of the weight files in the folder `path` (every format, shards and indexes)."""
+    names = set(os.listdir(path))
+    found = {n for n in names if n in WEIGHT_FILES or n in _OTHER_WEIGHT_FILES}
+    found |= {n for n in names if _SHARD_RE.match(n)}
+    for index in [n for n in found if n.endswith(".index.json")]:
+        try:
+            found |= {s for s in _shards(os.path.join(path, index)) if s in names}
+        except ValueError:
+            pass  # a broken index lists nothing we could trust; it is removed itself
+    return sorted(found)
 
 
 def canonical_weights(
