@@ -332,7 +332,7 @@ def test_error_unsupported_model_type(tiny, tmp_path):
     with pytest.raises(
         ValueError,
         match=r"model_type 'gpt2' is not supported; allowed: "
-        r"\('bert', 'roberta', 'xlm-roberta'\)",
+        r"\('bert', 'roberta', 'xlm-roberta', 'deberta-v2', 'modernbert', 'xlm-roberta-xl'\)",
     ):
         hf.load_pretrained(path)
 
