@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.export_hf = True  # write the student to WORKDIR/hf_student at the end
     c.plots = False  # write loss curves and relation heatmaps (PNG) into the workdir
     c.plot_text = ""  # held-out sentence for the relation heatmaps ("" = first held-out text)
+    # Sentence-transformers teachers: held-out paragraphs for the end-of-run report of how well
+    # the student's sentence embeddings agree with the teacher's (0 = no report).
+    c.embedding_eval_paragraphs = 256
 
     # Multi-host: all None = single process (or auto=True to let the cluster say).
     c.distributed = distributed_config()

@@ -626,6 +626,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         summary["hf_student"] = export_student(
             host_params, student_graphdef, run.student_cfg, run.teacher_path, workdir
         )
+    if config.embedding_eval_paragraphs and jax.process_index() == 0:
+        report = embedding_agreement(config, run, nnx.merge(student_graphdef, host_params))
+        if report is not None:
+            summary["embeddings"] = report
     if config.plots and jax.process_index() == 0:
         from minilm_jax import plots
 
@@ -637,6 +641,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, default=float)
     return summary
+
+
+def embedding_agreement(config, run: Run, student) -> dict[str, Any] | None:
+    """When the teacher is a sentence-transformers model: how well the student's sentence
+    embeddings agree with the teacher's (and an untrained student's) on held-out paragraphs,
+    printed and returned for summary.json; None for other teachers or without a held-out
+    split. The whole teacher is reloaded (the run's copy stops at the distillation layer)."""
+    from minilm_jax import embeddings
+
+    st_config = hf.read_sentence_transformers(run.teacher_path)
+    k = config.data.eval_every_kth_document
+    if st_config is None or not k:
+        return None
+    _, held_out = data.held_out_split(data.load_documents(config.data), k)
+    paragraphs = [held_out[i] for i in range(min(len(held_out), config.embedding_eval_paragraphs))]
+    _, teacher = hf.load_pretrained(run.teacher_path, dtype=jnp.dtype(config.dtype))
+    untrained = init_student(config, run.student_cfg, teacher, run.teacher_cfg)
+    report = embeddings.agreement_report(
+        teacher, student, run.tokenizer, paragraphs, untrained=untrained, config=st_config
+    )
+    sims, top1 = report["similarity_spearman"], report["retrieval_top1"]
+    print(
+        f"sentence embeddings on {report['num_paragraphs']} held-out paragraphs: Spearman of "
+        f"pairwise cosine similarities vs the teacher: student {sims['student']:.3f}, untrained "
+        f"{sims['untrained']:.3f}; top-1 retrieval of each paragraph's second half: teacher "
+        f"{top1['teacher']:.3f}, student {top1['student']:.3f}, untrained {top1['untrained']:.3f}",
+        flush=True,
+    )
+    return report
 
 
 def _logged_eval(workdir: str, step: int) -> dict[str, float] | None:
