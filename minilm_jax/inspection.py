@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from minilm_jax import data, relations
 
-QKV = tuple[jax.Array, jax.Array, jax.Array]
+QKV = relations.QKV
 
 
 def encode_texts(

@@ -51,7 +51,8 @@ HISTORY_FILE = "config_history.jsonl"  # one line per start
 # Fields that may change between the starts of one run, for every kind of run (distillation,
 # fine-tuning, sweeps). Dotted names; "section.*" covers a whole section; a name a config
 # does not have is simply never matched. Every other field is part of the run's identity:
-# changing it on resume would mix two models or two data streams in one run.
+# changing it on resume would mix two models or two data streams in one run. The table in
+# docs/run_directory.md gives the reason for each entry (a test keeps the two equal).
 SAFE_FIELDS: tuple[str, ...] = (
     # How long the run goes on. The learning rate decays linearly to 0 at total_steps, so a
     # longer run stretches the decay from the resumed step on (warmup_steps is not safe).

@@ -254,6 +254,16 @@ def test_safe_fields_are_config_fields():
     assert not rundir.is_safe_field("distributed_x") and rundir.is_safe_field("distributed.auto")
 
 
+def test_safe_fields_are_the_documented_ones():
+    with open(os.path.join(REPO, "docs", "run_directory.md")) as f:
+        text = f.read()
+    table = text.split("| field | why it is safe |")[1].split("\n\n")[0]
+    documented = [
+        name for row in table.splitlines()[2:] for name in row.split("|")[1].split("`")[1::2]
+    ]
+    assert documented == list(rundir.SAFE_FIELDS)
+
+
 # --------------------------------------------------------------------------- multi-host
 
 
