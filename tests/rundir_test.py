@@ -229,7 +229,7 @@ def test_safe_change_is_accepted_and_recorded(tmp_path):
     rundir.acquire(workdir, distill_config(), kind="distill", **SINGLE).release()
     longer = distill_config(**{"total_steps": 500_000, "log_every": 10, "data.prefetch_batches": 4})
     longer.distributed.auto = True
-    with rundir.claim(workdir, longer, kind="distill", **SINGLE) as run:
+    with rundir.claim(workdir, longer, kind="distill") as run:  # process 0 of 1, asked of JAX
         expected = {
             "data.prefetch_batches": [2, 4],
             "distributed.auto": [False, True],
