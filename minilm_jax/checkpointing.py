@@ -108,8 +108,8 @@ class Checkpointer:
             if reason:
                 failures.append((step, reason))
                 continue
-            if failures:
-                moved = self._set_aside([s for s, _ in failures])
+            moved = self._set_aside([s for s, _ in failures]) if failures else []
+            if moved:  # process 0 only: it moves the folders and speaks for every host
                 logging.warning(
                     "%s in %s cannot be restored (%s); resuming from step %d, the newest intact "
                     "one (moved aside: %s).",
@@ -156,7 +156,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
             reason = f"the state cannot be read ({_first_line(e)})"
         if reason:
-            _collect_quietly()
+            _silence_abandoned_reads()
         reason = _agree(reason)
         if reason:
             return None, reason
@@ -201,17 +201,18 @@ class Checkpointer:
         return "it was written for another model or optimizer (" + "; ".join(parts) + ")"
 
     def _set_aside(self, steps: list[int]) -> list[str]:
-        """Renames checkpoints ``steps`` to ``STEP.damaged`` (``.damaged-2``... if taken)."""
+        """Process 0 renames checkpoints ``steps`` to ``STEP.damaged`` (``.damaged-2``... if
+        taken) and returns the new paths; the other processes wait for it and return []."""
         moved = []
-        for step in steps:
-            source = os.path.join(self.directory, str(step))
-            target, n = source + DAMAGED_SUFFIX, 1
-            while os.path.exists(target):
-                n += 1
-                target = f"{source}{DAMAGED_SUFFIX}-{n}"
-            if jax.process_index() == 0 and os.path.exists(source):
+        if jax.process_index() == 0:
+            for step in steps:
+                source = os.path.join(self.directory, str(step))
+                target, n = source + DAMAGED_SUFFIX, 1
+                while os.path.exists(target):
+                    n += 1
+                    target = f"{source}{DAMAGED_SUFFIX}-{n}"
                 os.rename(source, target)
-            moved.append(target)
+                moved.append(target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
 
@@ -312,17 +313,30 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _collect_quietly() -> None:
-    """After a failed read Orbax leaves the reads of the other arrays as abandoned coroutines;
-    each would print "Exception ignored in: <coroutine ...>" with two tracebacks whenever the
-    garbage collector finds it. They are collected here, with that report switched off, so a
-    damaged checkpoint costs one warning line, not pages of tracebacks."""
+def _silence_abandoned_reads() -> None:
+    """After one array fails to read, Orbax leaves the reads of the others running in an
+    event loop it has closed. Each such coroutine, when finished or collected, reports
+    "Exception ignored in: <coroutine ...>" with two tracebacks, some of them seconds later
+    from TensorStore's threads. They say nothing the one warning line does not, so from the
+    first failed restore on, those reports (and only those) are dropped; everything else
+    still reaches the previous hook."""
+    global _ABANDONED_READS_SILENCED
+    if _ABANDONED_READS_SILENCED:
+        return
     previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = previous
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and f"orbax{os.sep}checkpoint" in code.co_filename:
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    _ABANDONED_READS_SILENCED = True
+    gc.collect()  # the reads abandoned so far
+
+
+_ABANDONED_READS_SILENCED = False
 
 
 def _agree(reason: str | None) -> str | None:
