@@ -170,6 +170,9 @@ def test_another_structure_or_shape_is_an_error_before_anything_is_read(saved, t
         ckpt.restore(3, checkpointing.abstract_like(make_state(0, **target)), it)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert it.get_state() == position and not prefetch_threads()
+    with pytest.raises(checkpointing.CheckpointError, match="written for another model"):
+        ckpt.check(3, checkpointing.abstract_like(make_state(0, **target)))
+    ckpt.check(3, checkpointing.abstract_like(make_state(0)))  # the right tree passes
     it.close()
     ckpt.close()
 
