@@ -18,9 +18,9 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from minilm_jax import data, plots, relations
+from minilm_jax import data, relations
 
-QKV = tuple[jax.Array, jax.Array, jax.Array]
+QKV = relations.QKV
 
 
 def encode_texts(
@@ -61,10 +61,10 @@ def relation_maps(
 ) -> dict[str, np.ndarray]:
     """``{pair: softmax(X_r Y_r^T / sqrt(d_r))}``, float32 ``[B, R, T, T]`` per pair name."""
     for pair in pairs:
-        _check_pair(pair)
+        relations.pair_indices(pair)  # every name checked before any work
     return {
         pair: np.asarray(
-            plots.relation_probabilities(qkv, attention_mask, pair, num_relation_heads)
+            relations.relation_probabilities(qkv, attention_mask, pair, num_relation_heads)
         )
         for pair in pairs
     }
@@ -83,7 +83,7 @@ def per_head_kl(
     sequences with equal weight), so the mean over heads is exactly the pair's term of
     ``relations.minilmv2_loss``.
     """
-    ix, iy = _check_pair(pair)
+    ix, iy = relations.pair_indices(pair)
     t_logits = relations.relation_logits(
         teacher_qkv[ix], teacher_qkv[iy], attention_mask, num_relation_heads
     )
@@ -173,11 +173,3 @@ def plot_head_kl(kl_by_pair: Mapping[str, Sequence[float]]) -> Figure:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return fig
-
-
-def _check_pair(pair: str) -> tuple[int, int]:
-    if pair not in relations.PAIR_NAMES:
-        raise ValueError(
-            f"pair {pair!r} must be two letters of q/k/v, one of {', '.join(relations.PAIR_NAMES)}"
-        )
-    return relations.QKV_KINDS.index(pair[0]), relations.QKV_KINDS.index(pair[1])

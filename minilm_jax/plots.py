@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,15 +53,6 @@ def plot_loss_curves(metrics_path: str, out_path: str) -> str:
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
-
-
-def relation_probabilities(qkv, attention_mask, pair: str, num_relation_heads: int) -> jax.Array:
-    """``softmax(X·Yᵀ/sqrt(d_r))`` per relation head for a pair name such as ``"qq"``: [B, R, T, T]."""
-    index = {"q": 0, "k": 1, "v": 2}
-    logits = relations.relation_logits(
-        qkv[index[pair[0]]], qkv[index[pair[1]]], attention_mask, num_relation_heads
-    )
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def plot_relations(teacher_rel, student_rel, tokens: list[str], pairs, out_path: str) -> str:
@@ -116,13 +106,14 @@ def write_run_plots(
     types = jnp.zeros_like(input_ids)
     t_out = teacher(input_ids, mask, types, num_layers=config.teacher.layer)
     s_out = student(input_ids, mask, types)
-    pairs = [p for p in config.distill.relations if len(p) == 2 and set(p) <= set("qkv")] or ["qq"]
+    pairs = [p for p in config.distill.relations if p in relations.PAIR_NAMES] or ["qq"]
     heads = config.distill.num_relation_heads
-    t_rel = {
-        p: relation_probabilities(t_out.qkv[config.teacher.layer - 1], mask, p, heads)[0].mean(0)
-        for p in pairs
-    }
-    s_rel = {p: relation_probabilities(s_out.qkv[-1], mask, p, heads)[0].mean(0) for p in pairs}
+
+    def head_mean(qkv, pair):  # [T, T]: the one sentence's relation, mean over heads
+        return relations.relation_probabilities(qkv, mask, pair, heads)[0].mean(0)
+
+    t_rel = {p: head_mean(t_out.qkv[config.teacher.layer - 1], p) for p in pairs}
+    s_rel = {p: head_mean(s_out.qkv[-1], p) for p in pairs}
     tokens = [tokenizer.id_to_token(int(i)) or "?" for i in ids]
     out["relations"] = plot_relations(
         t_rel, s_rel, tokens, pairs, os.path.join(workdir, "relations.png")

@@ -4,7 +4,7 @@ Everything here is a pure function of arrays: no module state, no axis names, so
 compose unchanged with `jax.jit`, `jax.grad`, `jax.vmap`, `jax.shard_map` and `jax.pmap`.
 The only global is the relation registry, which maps names to such functions.
 
-Semantics (../shared/PAPER.md, "The method"):
+Semantics (docs/method.md, "The method"):
   * a projection `[B, T, D]` is split into `R` relation heads `[B, R, T, D/R]`;
   * the relation of a pair (X, Y) is `softmax(X_r Y_r^T / sqrt(D/R))` over the key axis, with
     padded keys excluded (masked with `where`, never an additive constant);
@@ -38,13 +38,14 @@ PAIR_NAMES: tuple[str, ...] = tuple(x + y for x in QKV_KINDS for y in QKV_KINDS)
 IMPLEMENTATIONS = ("auto", "direct", "blocked")
 
 # Measured with `python -m minilm_jax.bench relations` (R=48, widths 768/384, qq+kk+vv, loss
-# and gradient) on a shared 2-core CPU, README table. The blocked walk was never slower
-# there (8x128: 0.35 s vs 0.48 s; 8x512: 5.4 s vs 13.1 s; 1x2048: 21.7 s vs 49.0 s) because
-# its blocks stay in cache, and its memory is linear in T (1x4096: 0.25 GiB vs 39 GiB).
+# and gradient, float32) on a 2-core CPU: the README's table. The blocked walk was never
+# slower there (8x128: 0.27 s vs 0.30 s; 8x512: 4.3 s vs 7.4 s; 1x2048: 13.9 s vs 18.5 s)
+# because its blocks stay in cache, and its memory is linear in T (1x4096: 0.25 GiB vs 39 GiB).
 # Below 256 tokens, though, the direct relations are small (0.28 GiB at 8x128), it compiles
-# faster (1.2 s vs 2.0 s at 8x128) and is one fused pass without a serial loop or the
-# recomputation of the forward pass, which is what accelerators favour; from 256 tokens on
-# the direct memory (1.1 GiB at 8x256, 4.5 GiB at 8x512, x4 per doubling) is what matters.
+# faster (3.6 s vs 6.4 s at 8x128 on a busy machine) and is one fused pass without a serial
+# loop or the recomputation of the forward pass, which is what accelerators favour; from 256
+# tokens on the direct memory (about 1.1 GiB at 8x256, 4.5 GiB at 8x512, x4 per doubling) is
+# what matters.
 AUTO_BLOCKED_MIN_LENGTH = 256
 # Query rows per block: 16-64 rows were fastest on CPU at 128-2048 tokens (32 best overall);
 # memory grows linearly with it.
@@ -109,7 +110,8 @@ def relation_kl(
 def sequence_average(
     per_sequence_sum: jax.Array, attention_mask: jax.Array, num_heads: int
 ) -> jax.Array:
-    """Per-sequence KL sums `[B]` -> the batch loss of PAPER.md (each sequence weighs the same).
+    """Per-sequence KL sums `[B]` -> the batch loss of docs/method.md (each sequence weighs the
+    same).
 
     Sequence b is normalised by `num_heads * n_b` (its own valid length). Sequences with
     `n_b = 0` contribute nothing and are not counted in the batch mean, so adding empty
@@ -136,7 +138,7 @@ def pair_relation_loss(
 
     The teacher is a fixed target: its gradient is stopped here.
     """
-    ix, iy = _pair_indices(pair)
+    ix, iy = pair_indices(pair)
     _check_qkv(teacher_qkv, student_qkv, attention_mask)
     implementation = resolve_implementation(implementation, attention_mask.shape[-1], block_size)
     t_x, t_y = (jax.lax.stop_gradient(teacher_qkv[i]) for i in (ix, iy))
@@ -185,7 +187,7 @@ def minilmv2_loss(
     unweighted losses.
     """
     for pair in pairs:
-        _pair_indices(pair)
+        pair_indices(pair)
     losses = {
         pair: pair_relation_loss(
             teacher_qkv,
@@ -199,6 +201,25 @@ def minilmv2_loss(
         for pair in _unique(pairs)
     }
     return _weighted_total(losses, weights), losses
+
+
+def pair_indices(pair: str) -> tuple[int, int]:
+    """A pair name -> the indices of X and Y in a (q, k, v) triple: "vk" -> (2, 1)."""
+    if pair not in PAIR_NAMES:
+        raise ValueError(
+            f"pair {pair!r} must be two letters of q/k/v, one of {', '.join(PAIR_NAMES)}"
+        )
+    return QKV_KINDS.index(pair[0]), QKV_KINDS.index(pair[1])
+
+
+def relation_probabilities(
+    qkv: Sequence[jax.Array], attention_mask: jax.Array, pair: str, num_heads: int
+) -> jax.Array:
+    """The relation itself, `softmax(X_r Y_r^T / sqrt(D/R))` per relation head of one model's
+    `(q, k, v)`: float32 `[B, R, T, T]`, rows over the keys; padded keys get probability 0."""
+    ix, iy = pair_indices(pair)
+    logits = relation_logits(qkv[ix], qkv[iy], attention_mask, num_heads)
+    return jax.nn.softmax(logits, axis=-1)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -477,14 +498,6 @@ def _positive_int(what: str, value: Any, alternatives: str = "") -> int:
     if number is None or isinstance(value, bool) or number <= 0:
         raise ValueError(f"{what}={value!r} must be a positive int{alternatives}")
     return number
-
-
-def _pair_indices(pair: str) -> tuple[int, int]:
-    if pair not in PAIR_NAMES:
-        raise ValueError(
-            f"pair {pair!r} must be two letters of q/k/v, one of {', '.join(PAIR_NAMES)}"
-        )
-    return QKV_KINDS.index(pair[0]), QKV_KINDS.index(pair[1])
 
 
 def _unique(names: Sequence[str]) -> Sequence[str]:

@@ -228,6 +228,39 @@ def test_text_file_errors(tmp_path):
         D.TextFileDocuments(empty, "lines")
 
 
+FRENCH = "Le café est très chaud.\n\nL'élève a répondu à la question posée.\n"
+
+
+@pytest.mark.parametrize(
+    "name, payload",
+    [
+        ("latin1.txt", (FRENCH * 50).encode("latin-1")),
+        ("utf16.txt", (FRENCH * 50).encode("utf-16")),
+        ("model.bin", np.random.default_rng(0).bytes(300_000)),
+    ],
+)
+def test_files_that_are_not_utf8_text_are_refused_by_name(tmp_path, name, payload):
+    good = write(tmp_path / "good.txt", FRENCH)
+    bad = tmp_path / name
+    bad.write_bytes(payload)
+    with pytest.raises(ValueError) as error:
+        D.load_documents({"text_files": f"{tmp_path}/*", "eval_every_kth_document": 0})
+    message = str(error.value)
+    assert message.startswith(f"data.text_files: {bad} is not UTF-8 text: ")
+    assert "invalid UTF-8 or NUL (at most 0.1% allowed)" in message and "\n" not in message
+    assert list(D.TextFileDocuments([good], "paragraph"))[0] == "Le café est très chaud."
+
+
+def test_a_stray_byte_in_a_large_utf8_file_is_tolerated(tmp_path):
+    """Sampled windows (the file is larger than them all together); one undecodable byte in
+    a few MB of text is read as U+FFFD, as before."""
+    text = (FRENCH * 60_000).encode("utf-8")  # ~3.7 MB: 16 windows of 64 KiB are sampled
+    path = tmp_path / "big.txt"
+    path.write_bytes(text[:1000] + b"\xff" + text[1000:])
+    docs = D.TextFileDocuments([str(path)], "paragraph")
+    assert len(docs) > 50_000 and "\ufffd" in "".join(docs[i] for i in range(40))
+
+
 def test_text_path_does_not_import_tensorflow(tmp_path):
     path = write(tmp_path / "a.txt", "one\n\ntwo\n")
     code = (

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+import reference
 from minilm_jax import hf, inspection, relations
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,56 +103,6 @@ def images(nb):
     ]
 
 
-# --------------------------------------------------------------------------- NumPy references
-# Written from PAPER.md, "The method": padded tokens are deleted (not masked), per relation
-# head loops, float64.
-
-
-def _log_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _kl_rows(teacher_logits, student_logits):
-    log_t, log_s = _log_softmax(teacher_logits), _log_softmax(student_logits)
-    return np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)
-
-
-def np_head_kl(teacher_qkv, student_qkv, mask, pair, num_heads, scores):
-    """[R] per-head KL, each sequence averaged over its real query tokens, then sequences
-    averaged with equal weight (sequences without tokens left out). ``scores(x, y)`` gives
-    one head's [n, n] logits."""
-    ix, iy = "qkv".index(pair[0]), "qkv".index(pair[1])
-    per_head = np.zeros(num_heads)
-    sequences = 0
-    for b in range(mask.shape[0]):
-        tokens = np.flatnonzero(mask[b])
-        if tokens.size == 0:
-            continue
-        sequences += 1
-        for a in range(num_heads):
-            logits = []
-            for qkv in (teacher_qkv, student_qkv):
-                x, y = (np.asarray(qkv[i], np.float64)[b][tokens] for i in (ix, iy))
-                d = x.shape[-1] // num_heads
-                logits.append(scores(x[:, a * d : (a + 1) * d], y[:, a * d : (a + 1) * d]))
-            per_head[a] += _kl_rows(*logits).mean()
-    return per_head / max(sequences, 1)
-
-
-def dot_scores(x, y):
-    return x @ y.T / math.sqrt(x.shape[-1])
-
-
-def cosine_scores(temperature):
-    def scores(x, y):
-        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
-        y = y / np.linalg.norm(y, axis=-1, keepdims=True)
-        return x @ y.T / temperature
-
-    return scores
-
-
 # --------------------------------------------------------------------------- the notebooks
 
 
@@ -219,8 +170,10 @@ def check_prototype_relation(workdir, results):
     def as_qkv(q):  # only q is read for the qq pair
         return (q, None, None)
 
-    cosine = np_head_kl(as_qkv(t_q), as_qkv(s_q), mask, "qq", RELATION_HEADS, cosine_scores(tau))
-    dot = np_head_kl(as_qkv(t_q), as_qkv(s_q), mask, "qq", RELATION_HEADS, dot_scores)
+    cosine = reference.head_kl(
+        as_qkv(t_q), as_qkv(s_q), mask, "qq", RELATION_HEADS, reference.cosine_scores(tau)
+    )
+    dot = reference.head_kl(as_qkv(t_q), as_qkv(s_q), mask, "qq", RELATION_HEADS)
     assert random_student[name] == pytest.approx(cosine.mean(), rel=1e-4)
     assert random_student["qq"] == pytest.approx(dot.mean(), rel=1e-4)
 
@@ -272,7 +225,7 @@ def test_per_head_kl_matches_float64_reference(pair):
     mask[2, 2:] = 0
     mask[3] = 0  # an empty sequence carries no weight
     kl = np.asarray(inspection.per_head_kl(teacher, student, jnp.asarray(mask), pair, num_heads))
-    expected = np_head_kl(teacher, student, mask, pair, num_heads, dot_scores)
+    expected = reference.head_kl(teacher, student, mask, pair, num_heads)
     np.testing.assert_allclose(kl, expected, rtol=1e-5, atol=1e-7)
     _, per_pair = relations.minilmv2_loss(
         teacher, student, jnp.asarray(mask), num_heads, pairs=(pair,)
@@ -286,10 +239,9 @@ def test_relation_maps_are_row_distributions_over_real_keys():
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)
     maps = inspection.relation_maps(qkv, jnp.asarray(mask), ["qq", "vk"], 2)
     assert set(maps) == {"qq", "vk"} and maps["qq"].shape == (2, 2, 5, 5)
-    x, y = (np.asarray(a, np.float64) for a in (qkv[2], qkv[1]))
-    head = 1  # features 4..7
-    logits = x[1, :3, 4:] @ y[1, :3, 4:].T / 2.0
-    np.testing.assert_allclose(maps["vk"][1, head, :3, :3], np.exp(_log_softmax(logits)), rtol=1e-5)
+    expected = reference.relation_probabilities(qkv, mask, "vk", 2)
+    real = np.broadcast_to(mask.astype(bool)[:, None, :, None], maps["vk"].shape)  # real queries
+    np.testing.assert_allclose(maps["vk"][real], expected[real], rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(maps["vk"][1, :, :, 3:], 0.0)
     np.testing.assert_allclose(maps["qq"].sum(axis=-1), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="'qx'.*two letters of q/k/v"):

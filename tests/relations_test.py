@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import reference
 from minilm_jax import relations as rel
 from minilm_jax.bench import __main__ as bench_main
 from minilm_jax.bench import relations as bench_relations
@@ -22,40 +23,11 @@ HEADS = 3  # attention heads of both models for MiniLM v1 (48/3 and 24/3 per hea
 TOL = 1e-5
 
 
-# --------------------------------------------------------------------------- the reference
-# Written from PAPER.md, "The method", with loops over sequences and heads. Padding is
-# handled by deleting padded tokens (not by masking), so the masking code is not mirrored.
+# The reference is tests/reference.py: float64, padded tokens deleted rather than masked.
 
 
-def _np_softmax_log(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def np_relation_loss(teacher_qkv, student_qkv, mask, pair, num_heads):
-    ix, iy = "qkv".index(pair[0]), "qkv".index(pair[1])
-    per_sequence = []
-    for b in range(mask.shape[0]):
-        tokens = np.flatnonzero(mask[b])
-        if tokens.size == 0:
-            continue  # sequences without tokens carry no weight (documented choice)
-        total = 0.0
-        for a in range(num_heads):
-            log_probs = []
-            for qkv in (teacher_qkv, student_qkv):
-                x = np.asarray(qkv[ix], np.float64)[b][tokens]
-                y = np.asarray(qkv[iy], np.float64)[b][tokens]
-                d = x.shape[-1] // num_heads
-                xa, ya = x[:, a * d : (a + 1) * d], y[:, a * d : (a + 1) * d]
-                log_probs.append(_np_softmax_log(xa @ ya.T / math.sqrt(d)))
-            log_t, log_s = log_probs
-            total += np.sum(np.exp(log_t) * (log_t - log_s))
-        per_sequence.append(total / (num_heads * tokens.size))
-    return float(np.mean(per_sequence)) if per_sequence else 0.0
-
-
-def _rel_err(value, reference):
-    return abs(float(value) - reference) / max(abs(reference), 1e-12)
+def _rel_err(value, expected):
+    return abs(float(value) - expected) / max(abs(expected), 1e-12)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -124,9 +96,9 @@ def test_all_nine_pairs_match_float64_reference(batch, all_pairs_jit, implementa
     total, per_pair = all_pairs_jit(teacher, student, mask, implementation)
     errors = {}
     for pair in rel.PAIR_NAMES:
-        reference = np_relation_loss(teacher, student, np.asarray(mask), pair, R)
-        assert reference > 0.05  # random inputs: a real, non-trivial KL
-        errors[pair] = _rel_err(per_pair[pair], reference)
+        expected = reference.relation_loss(teacher, student, np.asarray(mask), pair, R)
+        assert expected > 0.05  # random inputs: a real, non-trivial KL
+        errors[pair] = _rel_err(per_pair[pair], expected)
         assert per_pair[pair].dtype == jnp.float32
     print(f"max relative error vs float64 ({implementation}): {max(errors.values()):.2e}")
     assert max(errors.values()) <= TOL, errors
@@ -150,9 +122,8 @@ def test_relation_logits_scaled_and_masked_with_finite_value(batch):
     assert logits.dtype == np.float32 and np.isfinite(logits).all()
     qn = np.asarray(q.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
     kn = np.asarray(k.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
-    d = D_T // R
     for b, a in ((0, 0), (1, 3)):
-        expected = qn[b][:, a * d : (a + 1) * d] @ kn[b][:, a * d : (a + 1) * d].T / math.sqrt(d)
+        expected = reference.head_logits(qn[b], kn[b], a, R)
         keys = np.asarray(mask[b]) != 0
         np.testing.assert_allclose(logits[b, a][:, keys], expected[:, keys], rtol=1e-5, atol=1e-5)
         assert (logits[b, a][:, ~keys] == rel.MASKED_LOGIT).all()
@@ -172,7 +143,9 @@ def test_relation_kl_matches_reference_on_raw_logits(batch):
         for qkv in (teacher, student)
     ]
     value = jax.jit(rel.relation_kl)(logits[0], logits[1], mask)
-    assert _rel_err(value, np_relation_loss(teacher, student, np.asarray(mask), "qk", R)) <= TOL
+    assert (
+        _rel_err(value, reference.relation_loss(teacher, student, np.asarray(mask), "qk", R)) <= TOL
+    )
 
 
 # --------------------------------------------------------------------------- properties
@@ -324,7 +297,7 @@ def batches():
     for i in range(n):
         rows = slice(2 * i, 2 * i + 2)
         t, s = tuple(a[rows] for a in teacher), tuple(a[rows] for a in student)
-        refs.append(sum(np_relation_loss(t, s, np.asarray(mask[rows]), p, R) for p in PAIRS))
+        refs.append(sum(reference.relation_loss(t, s, np.asarray(mask[rows]), p, R) for p in PAIRS))
     return (tuple(map(stack, teacher)), tuple(map(stack, student)), stack(mask), np.asarray(refs))
 
 
@@ -446,7 +419,7 @@ def test_custom_relation_is_used_through_distillation_loss(batch, custom_relatio
         np.sum(np.linalg.norm(np.asarray(v, np.float64), axis=-1, keepdims=True) * m) / m.sum()
     )
     expected_gap = (norm(teacher[2]) - norm(student[2])) ** 2
-    expected_vv = np_relation_loss(teacher, student, np.asarray(mask), "vv", R)
+    expected_vv = reference.relation_loss(teacher, student, np.asarray(mask), "vv", R)
     assert _rel_err(per["value_norm_gap"], expected_gap) <= TOL
     assert _rel_err(total, expected_vv + 3.0 * expected_gap) <= TOL
     # distillation_loss stops the teacher's gradient for user relations too.
@@ -494,7 +467,8 @@ def test_minilm_v1_relations_match_reference(batch):
         for name, pair in (("attn_qk", "qk"), ("attn_vv", "vv")):
             assert (
                 _rel_err(
-                    per[name], np_relation_loss(teacher, student, np.asarray(mask), pair, HEADS)
+                    per[name],
+                    reference.relation_loss(teacher, student, np.asarray(mask), pair, HEADS),
                 )
                 <= TOL
             )

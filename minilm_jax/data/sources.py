@@ -5,7 +5,8 @@ can shard, shuffle and hold out documents by index without reading the text firs
 
 - `TextFileDocuments`: local text files, one document per line ("line") or blank-line
   separated blocks ("paragraph"). The files are indexed once (byte offsets) and read through
-  `mmap`, so a corpus larger than memory costs 16 bytes per document. No TensorFlow.
+  `mmap`, so a corpus larger than memory costs 16 bytes per document. No TensorFlow. A file
+  that is not UTF-8 text (binary, Latin-1, UTF-16) is refused by `check_utf8_text`.
 - `TfdsDocuments`: one string feature of a prepared TFDS dataset, read with
   `tfds.data_source` (array_record, random access). `tensorflow_datasets` is imported here
   only, when such a source is built.
@@ -15,6 +16,7 @@ can shard, shuffle and hold out documents by index without reading the text firs
 from __future__ import annotations
 
 import bisect
+import codecs
 import collections.abc
 import glob
 import mmap
@@ -31,6 +33,19 @@ TEXT_FORMATS = ("line", "paragraph")
 _TFDS_FEATURE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _TFDS_NAME = re.compile(r"^[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?(:[0-9]+\.[0-9]+\.[0-9]+)?$")
 TFDS_SPEC_FORM = "NAME[/CONFIG][:VERSION]:FEATURE, e.g. 'wikipedia/20230601.en:text'"
+
+# A text file is refused when more than this fraction of the bytes checked are not UTF-8 text:
+# invalid UTF-8 or NUL bytes (UTF-16 text and binary files are full of those). A web-scraped
+# UTF-8 corpus may carry a few stray bytes (each read as U+FFFD), far below 0.1%; Latin-1
+# text in a European language has 1-5% accented bytes that are invalid UTF-8.
+MAX_NON_TEXT_FRACTION = 0.001
+# The check reads this many evenly spaced windows of each file (the whole file when it is
+# smaller than all of them together): at most 1 MiB per file, so it costs milliseconds even
+# for files of many GB, next to indexing, which reads every byte in Python. A file whose bad
+# bytes all lie between the windows passes; its documents then carry U+FFFD characters.
+UTF8_CHECK_WINDOWS = 16
+UTF8_CHECK_WINDOW_BYTES = 64 * 1024
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # an undecodable byte under "surrogateescape"
 
 
 def split_list(value: str | Sequence[str]) -> list[str]:
@@ -56,6 +71,42 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"data.text_files: the glob {pattern!r} matched no files")
         files.extend(path for path in matched if path not in files)
     return files
+
+
+def check_utf8_text(path: str) -> None:
+    """Raises ValueError, naming ``path``, unless the file reads as UTF-8 text (at most
+    ``MAX_NON_TEXT_FRACTION`` of the sampled bytes invalid UTF-8 or NUL)."""
+    size = os.path.getsize(path)
+    window = UTF8_CHECK_WINDOW_BYTES
+    if size <= UTF8_CHECK_WINDOWS * window:
+        offsets, window = [0], size
+    else:
+        offsets = [
+            i * (size - window) // (UTF8_CHECK_WINDOWS - 1) for i in range(UTF8_CHECK_WINDOWS)
+        ]
+    bad = checked = 0
+    with open(path, "rb") as f:
+        for offset in offsets:
+            f.seek(offset)
+            chunk = f.read(window)
+            if offset:  # a window may start inside a multi-byte character: skip its tail
+                skip = 0
+                while skip < min(3, len(chunk)) and 0x80 <= chunk[skip] <= 0xBF:
+                    skip += 1
+                chunk = chunk[skip:]
+            # Not final unless at the end of the file: a character cut by the window's end is
+            # held back, not counted as invalid.
+            decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+            text = decoder.decode(chunk, final=offset + window >= size)
+            bad += text.count("\0") + (0 if chunk.isascii() else len(_ESCAPED_BYTE.findall(text)))
+            checked += len(chunk)
+    if checked and bad > MAX_NON_TEXT_FRACTION * checked:
+        raise ValueError(
+            f"data.text_files: {path} is not UTF-8 text: {bad / checked:.1%} of the {checked:,} "
+            f"bytes checked are invalid UTF-8 or NUL (at most {MAX_NON_TEXT_FRACTION:.1%} "
+            "allowed). Convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8` for Latin-1 text) "
+            "or leave it out of data.text_files"
+        )
 
 
 def _index_lines(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +144,8 @@ class TextFileDocuments(collections.abc.Sequence):
     "line": every non-blank line is a document. "paragraph": every block of non-blank lines
     (blocks separated by one or more blank lines) is a document; its lines are joined with
     single spaces, since line breaks inside a block are hard wrapping, not content (a byte-level
-    BPE tokenizer would otherwise emit newline tokens). Invalid UTF-8 bytes become U+FFFD
+    BPE tokenizer would otherwise emit newline tokens). A file that is not UTF-8 text is
+    refused here (`check_utf8_text`); the few stray bytes a text file may hold become U+FFFD
     rather than stopping a long run on one bad byte.
     """
 
@@ -103,6 +155,7 @@ class TextFileDocuments(collections.abc.Sequence):
         index = _index_lines if text_format == "line" else _index_paragraphs
         self._paths, self._starts, self._ends, counts = [], [], [], []
         for path in paths:
+            check_utf8_text(path)
             starts, ends = index(path)
             if len(starts):  # mmap cannot map an empty file; files without documents drop out
                 self._paths.append(path)
