@@ -237,8 +237,9 @@ def _bytes(number: str, unit: str | None) -> int:
 
 
 def parse_out_of_memory(message: str) -> dict[str, int] | None:
-    """The sizes in XLA:TPU's out-of-memory message (``"... HLO temporaries (18.30G) exceeds
-    available HBM (15.75G)"``, or ``"Used 18.3G of 15.75G hbm"``); None for other errors."""
+    """The sizes in XLA:TPU's out-of-memory message (libtpu 0.0.42: ``"RESOURCE_EXHAUSTED: Ran
+    out of memory on HBM, the total memory required for HLO temporaries (18.25G) exceeds
+    available HBM (15.75G)."``); an empty dict for another wording, None for other errors."""
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
         return None
     out: dict[str, int] = {}
@@ -248,10 +249,6 @@ def parse_out_of_memory(message: str) -> dict[str, int] | None:
     match = re.search(r"available HBM \(" + _SIZE + r"\)", message)
     if match:
         out["usable"] = _bytes(*match.groups())
-    match = re.search(r"Used " + _SIZE + r" of " + _SIZE + r" hbm", message)
-    if match:
-        out["required"] = _bytes(*match.groups()[:2])
-        out["usable"] = _bytes(*match.groups()[2:])
     return out
 
 
@@ -314,7 +311,7 @@ def compile_report(
             "aliased": None,
             "code": None,
             # At least this much: outputs beyond the donated state are not known.
-            "total": oom.get("required") or (temporaries and arguments + temporaries),
+            "total": arguments + temporaries if temporaries else None,
         }
         if oom.get("usable"):
             report["hbm_usable_bytes"] = oom["usable"]

@@ -16,6 +16,7 @@ pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.
 from minilm_jax import compile as fitcheck  # noqa: E402
 from minilm_jax import configs, tpu  # noqa: E402
 from minilm_jax.bench.step import step_flops  # noqa: E402
+from minilm_jax.train import make_student_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/bert_base_6x384.py:smoke"
@@ -44,17 +45,13 @@ def run_cli(*args):
     )
 
 
-@pytest.fixture(scope="module")
-def smoke_report():
+def test_cli_reports_every_field_and_fsdp_shards_the_state_on_v5e_2x2():
+    # One test, so that parallel test workers do not compile the smoke step twice.
     result = run_cli("--config", SMOKE, "--topology", "v5e:2x2")
     assert result.returncode == 0, result.stderr
     # libtpu's start-up warnings are silenced: nothing but the JSON.
     assert result.stderr.strip() == "", result.stderr
-    return json.loads(result.stdout)
-
-
-def test_cli_reports_every_field_for_a_smoke_config_on_v5e_2x2(smoke_report):
-    r = smoke_report
+    r = json.loads(result.stdout)
     assert all(field in r for field in FIELDS), sorted(r)
     assert r["topology"] == "v5e:2x2" and r["accelerator_type"] == "v5litepod-4"
     assert r["num_devices"] == 4 and r["device_kind"] == "TPU v5 lite"
@@ -72,8 +69,6 @@ def test_cli_reports_every_field_for_a_smoke_config_on_v5e_2x2(smoke_report):
     # XLA counts at least the step's matmuls (written out in bench.step), spread over 4 chips.
     config = configs.load_experiment(os.path.join(REPO, SMOKE))
     teacher = fitcheck.teacher_config(config)
-    from minilm_jax.train import make_student_config
-
     student = make_student_config(config, teacher)
     matmuls = step_flops(teacher, student, config.teacher.layer, 8, 32, 3) / 4
     assert matmuls <= r["flops_per_device"] <= 4 * matmuls, (matmuls, r["flops_per_device"])
@@ -81,6 +76,14 @@ def test_cli_reports_every_field_for_a_smoke_config_on_v5e_2x2(smoke_report):
     assert r["run_hours"]["at_peak"] == pytest.approx(
         r["step_seconds"]["at_peak"] * r["total_steps"] / 3600
     )
+    # The same step with fsdp over the 4 chips (base_config gains `mesh` with the sharded
+    # trainer; set here directly). Parameters, Adam moments and the teacher, most of the
+    # arguments, fall to a quarter (the batch is split over every chip in both meshes;
+    # vectors stay replicated).
+    config.mesh = {"fsdp": 4}
+    fsdp = fitcheck.fit_check(config, "v5e:2x2")
+    assert fsdp["mesh"] == {"slice": 1, "data": 1, "fsdp": 4} and fsdp["fits"] is True
+    assert 2.5 * fsdp["per_device_bytes"]["arguments"] <= sizes["arguments"]
 
 
 def test_cli_exits_3_with_the_levers_when_the_batch_does_not_fit():
@@ -106,18 +109,6 @@ def test_cli_config_errors_exit_2_with_one_line():
     assert result.returncode == 2
     assert result.stderr.startswith("error: --topology='v5e:3x3': unknown TPU slice; known:")
     assert "v5e:{1x1,2x2,2x4,4x4" in result.stderr and len(result.stderr.splitlines()) == 1
-
-
-def test_fsdp_shards_the_state_on_the_tpu_compiler(smoke_report):
-    config = configs.load_experiment(os.path.join(REPO, SMOKE))
-    config.mesh = {"fsdp": 4}  # base_config gains `mesh` with the trainer's sharding
-    report = fitcheck.fit_check(config, "v5e:2x2")
-    assert report["mesh"] == {"slice": 1, "data": 1, "fsdp": 4}
-    assert report["fits"] is True
-    # Parameters, Adam moments and the teacher, most of the arguments, fall to a quarter
-    # (the batch is split over every device in both meshes; vectors stay replicated).
-    fsdp_arguments = report["per_device_bytes"]["arguments"]
-    assert 2.5 * fsdp_arguments <= smoke_report["per_device_bytes"]["arguments"]
 
 
 def test_topology_names_and_slices():
