@@ -167,9 +167,10 @@ def make_mesh(
     """A mesh over ``devices`` (default: every device of every host).
 
     Without sizes: the 1-D ``data`` mesh, pure data parallelism. With sizes (already
-    resolved, product = device count): the ``slice x data x fsdp`` mesh; JAX orders the
-    devices so that the inner axes follow the chips' interconnect, and with ``slices > 1``
-    each slice (``device.slice_index``) is one contiguous block of the outer axis.
+    resolved, product = device count): the ``slice x data x fsdp`` mesh; JAX's mesh helpers
+    order the devices so that the inner axes follow the chips' interconnect, and with
+    ``slices > 1`` each slice (``device.slice_index``) is one contiguous block of the outer
+    axis.
 
     Auto axis types (``jax.make_mesh`` defaults to Explicit in current JAX): shardings are
     given at the jit boundary and XLA propagates them, so the model code needs no
@@ -186,32 +187,33 @@ def make_mesh(
             f"mesh slices={slices} x data={data} x fsdp={fsdp} does not use the "
             f"{len(devices)} devices"
         )
-    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    from jax.experimental import mesh_utils
+
     found = sorted({getattr(d, "slice_index", 0) for d in devices})
+    # allow_split_physical_axes: a data x fsdp split that matches no product of the torus
+    # axes (fsdp=8 on a 4x4x4 v5p, fsdp=4 on an 8x8 v6e) cuts an axis; shapes that match are
+    # laid out as without it (JAX tries the unsplit assignment first).
     if slices == 1:
         if len(found) > 1:
             raise ValueError(
                 f"config.mesh.slices=1, but the devices form {len(found)} slices: set "
                 f"config.mesh.slices={len(found)}"
             )
-        return jax.make_mesh((1, data, fsdp), MESH_AXES, axis_types=auto, devices=devices)
-    if len(found) != slices:
+        grid = mesh_utils.create_device_mesh(
+            (1, data, fsdp), devices, allow_split_physical_axes=True
+        )
+    elif len(found) != slices:
         raise ValueError(
             f"config.mesh.slices={slices}, but the {len(devices)} devices form {len(found)} "
             f"slice(s) ({devices[0].platform} devices"
             + ("" if hasattr(devices[0], "slice_index") else " have no slice_index")
             + ")"
         )
-    from jax.experimental import mesh_utils
-
-    grid = mesh_utils.create_hybrid_device_mesh(
-        (1, data, fsdp),
-        (slices, 1, 1),
-        devices,
-        # v5e slices are 2-D tori whose axes a data x fsdp split may have to cut.
-        allow_split_physical_axes=True,
-    )
-    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=auto)
+    else:
+        grid = mesh_utils.create_hybrid_device_mesh(
+            (1, data, fsdp), (slices, 1, 1), devices, allow_split_physical_axes=True
+        )
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
 def axis_size(mesh: jax.sharding.Mesh, axis: str) -> int:
@@ -243,9 +245,6 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     together), other axes whole."""
     axes = batch_axes(mesh)
     return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
-
-
-batch_sharding = batch_sharded
 
 
 def check_batch_size(batch_size: int, field: str) -> None:
