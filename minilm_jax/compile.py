@@ -1,0 +1,488 @@
+r"""``python -m minilm_jax.compile``: will an experiment's train step fit a TPU slice?
+
+    python -m minilm_jax.compile --config experiments/bert_base_6x384.py --topology v5e:4x4 \
+        [--num_slices N] [--config.field=value ...]
+
+Compiles the trainer's jitted train step for the slice's TPU chips on this host, with no TPU,
+no weights and no data: libtpu's compile-only devices (``tpu.topology_devices``), the teacher's
+shape from its ``config.json`` (or a preset of the paper's teachers), and the state and batch
+as ``jax.ShapeDtypeStruct``s carrying the run's shardings. Prints one JSON object: XLA's
+per-device memory (arguments, temporaries, outputs), the chip's HBM, whether it fits, the
+FLOPs per step and device, and the step and run time at the chip's peak bf16 FLOP/s and at
+40% of it. Exit status 0: fits; 3: does not fit (stderr names the levers); 2: a config error.
+
+XLA:TPU refuses to compile a program that exceeds the chip's HBM; the report then has the
+memory figures the compiler's message gives (arguments from the shardings) and ``fits: false``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+GIB = 2**30
+MFU_ASSUMED = 0.4  # the "realistic" column: 40% of peak, typical of well-tuned TPU training
+LEVERS = (
+    "--config.mesh.fsdp (shard parameters and optimizer state), --config.grad_accum_steps "
+    "(smaller micro-batches), --config.teacher.param_dtype=bfloat16, "
+    "--config.distill.implementation=blocked, or a larger slice"
+)
+
+# The paper's teachers as their Hugging Face config.json says (the fields that shape the
+# model), so the fit check needs no download. Keys: the folder names configs.TEACHERS uses.
+TEACHER_PRESETS: dict[str, dict[str, Any]] = {
+    "bert-base-uncased": dict(
+        model_type="bert",
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+    ),
+    "bert-large-uncased": dict(
+        model_type="bert",
+        vocab_size=30522,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+    ),
+    "roberta-large": dict(
+        model_type="roberta",
+        vocab_size=50265,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    ),
+    "xlm-roberta-large": dict(
+        model_type="xlm-roberta",
+        vocab_size=250002,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    ),
+    "xlm-roberta-base": dict(
+        model_type="xlm-roberta",
+        vocab_size=250002,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    ),
+}
+
+
+class DoesNotFit(Exception):
+    """The step needs more HBM per chip than the slice has; carries the report."""
+
+    def __init__(self, report: dict[str, Any]):
+        super().__init__(fit_message(report))
+        self.report = report
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher's shape without its weights.
+# ---------------------------------------------------------------------------------------------
+
+
+def teacher_config(config):
+    """The teacher's ``TransformerConfig`` (compute dtype = the run's): its folder's
+    config.json when it exists, else the preset named by the folder's last component, else a
+    smoke run's tiny random teacher."""
+    from minilm_jax import hf
+    from minilm_jax.configs import SMOKE_TEACHER
+    from minilm_jax.models.transformer import TransformerConfig
+
+    if config.teacher.tiny_random_family:
+        family = config.teacher.tiny_random_family
+        pad = 0 if family == "bert" else 1
+        # The shape tiny.write_tiny_teacher gives (its vocabulary is at most 512 entries).
+        return TransformerConfig(
+            family=family,
+            vocab_size=512,
+            max_position_embeddings=512 + (0 if family == "bert" else pad + 1),
+            type_vocab_size=2 if family == "bert" else 1,
+            layer_norm_eps=1e-12 if family == "bert" else 1e-5,
+            pad_token_id=pad,
+            dtype=config.dtype,
+            **SMOKE_TEACHER,
+        )
+    path = os.path.expanduser(config.teacher.path or "")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return hf.load_config(path, dtype=config.dtype)
+    name = os.path.basename(os.path.normpath(path)) if path else ""
+    if name in TEACHER_PRESETS:
+        return hf.config_from_hf_dict(
+            TEACHER_PRESETS[name], source=f"preset {name!r}", dtype=config.dtype
+        )
+    raise ValueError(
+        f"config.teacher.path={config.teacher.path!r}: no config.json there and not a known "
+        f"preset (the folder name must be one of {sorted(TEACHER_PRESETS)})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The step: the one place that knows how the trainer builds it.
+# ---------------------------------------------------------------------------------------------
+
+
+def build_train_step(config, teacher_cfg, mesh) -> tuple[Callable, tuple]:
+    """The trainer's jitted train step and abstract arguments ``(state, batch,
+    teacher_params)`` on ``mesh``: the same pieces ``train.setup_run`` uses, from shapes only
+    (``nnx.eval_shape``: no parameter is ever materialised)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from minilm_jax import parallel, train
+    from minilm_jax.models.transformer import Transformer
+
+    train.validate_against_teacher(config, teacher_cfg)
+    student_cfg = train.make_student_config(config, teacher_cfg)
+    teacher = nnx.eval_shape(lambda: Transformer(teacher_cfg, rngs=nnx.Rngs(0)))
+    teacher = train.truncate_teacher(teacher, config.teacher.layer)
+    student = nnx.eval_shape(lambda: Transformer(student_cfg, rngs=nnx.Rngs(config.seed)))
+    teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
+    student_graphdef, params = nnx.split(student, nnx.Param)
+    tx = train.make_optimizer(config, student_cfg.num_layers)
+    state = jax.eval_shape(
+        lambda p: train.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=p,
+            opt_state=tx.init(p),
+            rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+        ),
+        params,
+    )
+    spec = train.StepSpec(
+        teacher_graphdef=teacher_graphdef,
+        student_graphdef=student_graphdef,
+        teacher_layer=config.teacher.layer,
+        relations=tuple(config.distill.relations),
+        weights=tuple(config.distill.weights) if config.distill.weights is not None else None,
+        context=train.relation_context(config, teacher_cfg, student_cfg),
+    )
+    state_sharding = parallel.state_shardings(state, mesh)
+    teacher_sharding = parallel.state_shardings(teacher_params, mesh)
+    batch_sharding = parallel.batch_sharded(mesh)
+    step_fn = jax.jit(
+        functools.partial(
+            train.train_step,
+            spec=spec,
+            tx=tx,
+            grad_accum_steps=config.grad_accum_steps,
+            schedule=train.learning_rate_schedule(config),
+        ),
+        in_shardings=(state_sharding, batch_sharding, teacher_sharding),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    rows = jax.ShapeDtypeStruct(
+        (config.batch_size, config.max_len), jnp.int32, sharding=batch_sharding
+    )
+    batch = {"input_ids": rows, "attention_mask": rows, "token_type_ids": rows}
+    args = (
+        parallel.abstract(state, state_sharding),
+        batch,
+        parallel.abstract(teacher_params, teacher_sharding),
+    )
+    return step_fn, args
+
+
+# ---------------------------------------------------------------------------------------------
+# The core: compile for the topology, read XLA's analyses.
+# ---------------------------------------------------------------------------------------------
+
+_SIZE = r"([0-9.]+)\s*([KMGT]i?B?|B)?"
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes(number: str, unit: str | None) -> int:
+    return int(float(number) * _UNITS[(unit or "").rstrip("B").rstrip("i") or ""])
+
+
+def parse_out_of_memory(message: str) -> dict[str, int] | None:
+    """The sizes in XLA:TPU's out-of-memory message (libtpu 0.0.42: ``"RESOURCE_EXHAUSTED: Ran
+    out of memory on HBM, the total memory required for HLO temporaries (18.25G) exceeds
+    available HBM (15.75G)."``); an empty dict for another wording, None for other errors."""
+    if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+        return None
+    out: dict[str, int] = {}
+    match = re.search(r"temporaries \(" + _SIZE + r"\)", message)
+    if match:
+        out["temporaries"] = _bytes(*match.groups())
+    match = re.search(r"available HBM \(" + _SIZE + r"\)", message)
+    if match:
+        out["usable"] = _bytes(*match.groups())
+    return out
+
+
+def compile_report(
+    fn,
+    args: tuple,
+    *,
+    topology,
+    num_slices: int = 1,
+    mesh=None,
+    total_steps: int | None = None,
+    loop_trips: int = 1,
+) -> dict[str, Any]:
+    """Compiles ``fn`` (a ``jax.jit`` function) for ``args`` (ShapeDtypeStructs with
+    shardings on ``topology``'s compile-only devices) and reports its per-device memory, FLOPs
+    and step-time bounds on that chip. ``fits`` is False (and the memory figures partial:
+    arguments counted from the shardings, temporaries from the compiler's message) when XLA
+    refuses the program for lack of HBM; other compile errors propagate.
+
+    XLA's cost analysis counts a loop body once; ``loop_trips`` (the gradient-accumulation
+    micro-batches, whose ``lax.scan`` holds nearly all of the step's FLOPs) scales its count.
+    """
+    import jax
+
+    from minilm_jax import parallel
+
+    chip = topology.chip
+    devices = {d for x in jax.tree.leaves(args) for d in x.sharding.device_set}
+    device_kind = next(iter(devices)).device_kind
+    report: dict[str, Any] = {
+        "topology": topology.name,
+        "accelerator_type": topology.accelerator_type,
+        "num_slices": num_slices,
+        "num_devices": len(devices),
+        "device_kind": device_kind,
+        "mesh": parallel.describe_mesh(mesh) if mesh is not None else None,
+        "hbm_bytes": chip.hbm_bytes,
+        "hbm_usable_bytes": chip.hbm_usable_bytes,
+    }
+    arguments = sum(parallel.bytes_per_device(x, x.sharding) for x in jax.tree.leaves(args))
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    # A compile-only executable cannot be loaded back ("PjRtCompiler must be constructed with
+    # a Client"): kept out of JAX's persistent compilation cache, where a later program
+    # looking up the same key would warn.
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # XLA's errors are JaxRuntimeError; only out-of-memory is ours
+        oom = parse_out_of_memory(str(e))
+        if oom is None:
+            raise
+        report["compile_seconds"] = round(time.perf_counter() - start, 1)
+        temporaries = oom.get("temporaries")
+        report["per_device_bytes"] = {
+            "arguments": arguments,
+            "temporaries": temporaries,
+            "outputs": None,
+            "aliased": None,
+            "code": None,
+            # At least this much: outputs beyond the donated state are not known.
+            "total": arguments + temporaries if temporaries else None,
+        }
+        if oom.get("usable"):
+            report["hbm_usable_bytes"] = oom["usable"]
+        report["fits"] = False
+        report["compiler_message"] = str(e).strip().splitlines()[0][:500]
+        report["flops_per_device"] = None
+        report.update(_times(None, chip, total_steps))
+        return report
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
+    report["compile_seconds"] = round(time.perf_counter() - start, 1)
+    memory = compiled.memory_analysis()
+    sizes = {
+        "arguments": int(memory.argument_size_in_bytes),
+        "temporaries": int(memory.temp_size_in_bytes),
+        "outputs": int(memory.output_size_in_bytes),
+        # Donated arguments reused for outputs (the train state) are counted once.
+        "aliased": int(memory.alias_size_in_bytes),
+        "code": int(memory.generated_code_size_in_bytes),
+    }
+    sizes["total"] = (
+        sizes["arguments"]
+        + sizes["outputs"]
+        - sizes["aliased"]
+        + sizes["temporaries"]
+        + sizes["code"]
+    )
+    report["per_device_bytes"] = sizes
+    report["fits"] = sizes["total"] <= report["hbm_usable_bytes"]
+    report["hbm_free_fraction"] = round(1 - sizes["total"] / report["hbm_usable_bytes"], 3)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) * loop_trips if cost else None
+    report["flops_per_device"] = flops
+    report.update(_times(flops, chip, total_steps))
+    return report
+
+
+def _times(flops: float | None, chip, total_steps: int | None) -> dict[str, Any]:
+    """Step and run time if the chip ran the step's FLOPs at peak (a lower bound) and at
+    ``MFU_ASSUMED`` of peak."""
+    out: dict[str, Any] = {
+        "peak_flops_per_device": chip.peak_bf16_flops,
+        "total_steps": total_steps,
+    }
+    if not flops:
+        out["step_seconds"] = out["run_hours"] = None
+        return out
+    at_peak = flops / chip.peak_bf16_flops
+    out["step_seconds"] = {
+        "at_peak": at_peak,
+        f"at_{int(MFU_ASSUMED * 100)}pct": at_peak / MFU_ASSUMED,
+    }
+    if total_steps:
+        out["run_hours"] = {
+            key: seconds * total_steps / 3600 for key, seconds in out["step_seconds"].items()
+        }
+    return out
+
+
+def fit_message(report: Mapping[str, Any]) -> str:
+    """One line: how far over the chip's HBM the step is, and the levers that lower it."""
+    need = report["per_device_bytes"].get("total") or report["per_device_bytes"].get("temporaries")
+    have = report["hbm_usable_bytes"]
+    amount = f"{need / GIB:.2f} GiB per chip" if need else "more HBM than a chip has"
+    return (
+        f"does not fit: {amount} needed, {have / GIB:.2f} GiB usable on {report['topology']} "
+        f"({report['device_kind']}); levers: {LEVERS}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# From an experiment config to the report.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_config(config, num_devices: int) -> None:
+    """The checks of ``train.validate_config`` that do not need data or the host's devices,
+    against the slice's device count."""
+    from minilm_jax.models.transformer import DTYPES
+
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype={config.dtype!r}: allowed: {DTYPES}")
+    for field in ("batch_size", "grad_accum_steps", "max_len", "total_steps"):
+        if int(config[field]) <= 0:
+            raise ValueError(f"config.{field}={config[field]!r}: must be a positive integer")
+    if config.batch_size % (config.grad_accum_steps * num_devices):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must split into grad_accum_steps="
+            f"{config.grad_accum_steps} micro-batches that are each a multiple of the "
+            f"{num_devices} devices of the slice"
+        )
+
+
+def fit_check(config, topology_name: str, num_slices: int = 1) -> dict[str, Any]:
+    """The report for ``config``'s train step on ``num_slices`` x ``topology_name``."""
+    from minilm_jax import parallel, tpu
+
+    topology = tpu.parse_topology(topology_name)
+    if num_slices < 1:
+        raise ValueError(f"--num_slices={num_slices}: must be a positive integer")
+    devices = tpu.topology_devices(topology, num_slices)
+    mesh_config = dict(config.get("mesh").items()) if config.get("mesh") is not None else {}
+    if num_slices > 1 and mesh_config.get("slices", 1) == 1:
+        mesh_config["slices"] = num_slices  # --num_slices says it; config.mesh may not
+    mesh = parallel.mesh_from_config(mesh_config, devices)
+    check_config(config, len(devices))
+    teacher_cfg = teacher_config(config)
+    step_fn, args = build_train_step(config, teacher_cfg, mesh)
+    report = compile_report(
+        step_fn,
+        args,
+        topology=topology,
+        num_slices=num_slices,
+        mesh=mesh,
+        total_steps=int(config.total_steps),
+        loop_trips=int(config.grad_accum_steps),
+    )
+    report.update(
+        batch_size=int(config.batch_size),
+        max_len=int(config.max_len),
+        grad_accum_steps=int(config.grad_accum_steps),
+        dtype=config.dtype,
+        libtpu=tpu.check_libtpu(),
+    )
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    # The host compiles, it never runs: keep JAX on the CPU (a TPU VM's chips may be busy
+    # training) and libtpu's runtime unstarted; the compile-only devices still use libtpu.
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_compilation_cache", False)  # see compile_report
+    config = flags.FLAGS["config"].value
+    try:
+        report = fit_check(config, flags.FLAGS["topology"].value, flags.FLAGS["num_slices"].value)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    report = {"experiment": flags.FLAGS["config"].config_filename, **report}
+    print(json.dumps(report, indent=2), flush=True)
+    if not report["fits"]:
+        print(fit_message(report), file=sys.stderr, flush=True)
+        sys.exit(3)
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment file (experiments/NAME.py[:ARGS]).", lock_config=True
+    )
+    flags.DEFINE_string("topology", None, "TPU slice: v5e:4x4, v5e-16, v4-32, v5p:2x2x1, ...")
+    flags.DEFINE_integer("num_slices", 1, "Slices joined by the data-centre network.")
+    flags.mark_flags_as_required(["config", "topology"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
