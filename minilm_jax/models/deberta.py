@@ -48,6 +48,7 @@ from minilm_jax.models.transformer import (
     _layer_norm,
     _linear,
     _normal_init,
+    prepare_inputs,
 )
 
 FAMILY = "deberta-v2"
@@ -549,36 +550,18 @@ class Deberta(nnx.Module):
         Returns a `TransformerOutput` with `pooler_output` None (the base model has none).
         """
         cfg = self.config
-        n = cfg.num_layers if num_layers is None else num_layers
-        if not (isinstance(n, int) and 1 <= n <= cfg.num_layers):
-            raise ValueError(f"num_layers={num_layers!r}; must be an int in [1, {cfg.num_layers}]")
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.asarray(attention_mask)
-        token_type_ids = (
-            jnp.zeros_like(input_ids) if token_type_ids is None else jnp.asarray(token_type_ids)
+        # Only an absolute position table (position_biased_input) bounds the length.
+        input_ids, attention_mask, token_type_ids, n, rngs = prepare_inputs(
+            cfg,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            num_layers=num_layers,
+            deterministic=deterministic,
+            rngs=rngs,
+            max_length=cfg.max_position_embeddings if cfg.position_biased_input else None,
+            dropout_rates=(cfg.hidden_dropout, cfg.attention_dropout),
         )
-        if (
-            input_ids.ndim != 2
-            or attention_mask.shape != input_ids.shape
-            or token_type_ids.shape != input_ids.shape
-        ):
-            raise ValueError(
-                f"input_ids {input_ids.shape}, attention_mask {attention_mask.shape} and "
-                f"token_type_ids {token_type_ids.shape} must all be [batch, length]"
-            )
-        if cfg.position_biased_input and input_ids.shape[1] > cfg.max_position_embeddings:
-            raise ValueError(
-                f"input length {input_ids.shape[1]} exceeds the {cfg.max_position_embeddings} "
-                f"absolute positions of this {cfg.family} model (position_biased_input=True)"
-            )
-        if not deterministic and rngs is None and (cfg.hidden_dropout or cfg.attention_dropout):
-            raise ValueError(
-                "deterministic=False applies dropout and needs rngs= (an nnx.Rngs with "
-                "a 'dropout' stream, or a PRNG key)"
-            )
-        if isinstance(rngs, jax.Array):
-            rngs = nnx.Rngs(dropout=rngs)
-
         key_mask = attention_mask.astype(bool)
         mask = attention_mask_of(key_mask)
         rel_table = self.relative_table()

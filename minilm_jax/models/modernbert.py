@@ -49,6 +49,7 @@ from minilm_jax.models.transformer import (
     TransformerOutput,
     _dropout,
     last_layer_unreachable,
+    prepare_inputs,
 )
 
 FAMILY = "modernbert"
@@ -375,36 +376,22 @@ class ModernBert(nnx.Module):
             'dropout' stream, or a PRNG key that seeds one).
         """
         cfg = self.config
-        n = cfg.num_layers if num_layers is None else num_layers
-        if not (isinstance(n, int) and 1 <= n <= cfg.num_layers):
-            raise ValueError(f"num_layers={num_layers!r}; must be an int in [1, {cfg.num_layers}]")
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.asarray(attention_mask)
-        if (
-            input_ids.ndim != 2
-            or attention_mask.shape != input_ids.shape
-            or (token_type_ids is not None and jnp.shape(token_type_ids) != input_ids.shape)
-        ):
-            raise ValueError(
-                f"input_ids {input_ids.shape}, attention_mask {attention_mask.shape} and "
-                f"token_type_ids {None if token_type_ids is None else jnp.shape(token_type_ids)} "
-                f"must all be [batch, length]"
-            )
+        input_ids, attention_mask, _, n, rngs = prepare_inputs(
+            cfg,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            num_layers=num_layers,
+            deterministic=deterministic,
+            rngs=rngs,
+            max_length=cfg.max_sequence_length,
+            dropout_rates=(
+                cfg.hidden_dropout,
+                cfg.attention_dropout,
+                cfg.effective_embedding_dropout,
+            ),
+        )
         length = input_ids.shape[1]
-        if length > cfg.max_sequence_length:
-            raise ValueError(
-                f"input length {length} exceeds the {cfg.max_sequence_length} positions "
-                f"(max_position_embeddings) of this {cfg.family} model"
-            )
-        dropout_rates = (cfg.hidden_dropout, cfg.attention_dropout, cfg.effective_embedding_dropout)
-        if not deterministic and rngs is None and any(dropout_rates):
-            raise ValueError(
-                "deterministic=False applies dropout and needs rngs= (an nnx.Rngs with "
-                "a 'dropout' stream, or a PRNG key)"
-            )
-        if isinstance(rngs, jax.Array):
-            rngs = nnx.Rngs(dropout=rngs)
-
         key_mask = attention_mask.astype(bool)
         masks = {
             "full_attention": attention_mask_of(key_mask),

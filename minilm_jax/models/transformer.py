@@ -382,6 +382,54 @@ class Pooler(nnx.Module):
         return jnp.tanh(self.dense(hidden[:, 0]))
 
 
+def prepare_inputs(
+    config,
+    input_ids,
+    attention_mask,
+    token_type_ids,
+    *,
+    num_layers: int | None,
+    deterministic: bool,
+    rngs,
+    max_length: int | None,
+    dropout_rates: tuple[float, ...],
+):
+    """Checks the arguments of every family's encoder call (the common protocol) and returns
+    ``(input_ids, attention_mask, token_type_ids, layers_to_run, rngs)`` as arrays and an
+    ``nnx.Rngs`` (or None). ``token_type_ids`` default to zeros; ``max_length`` None means the
+    family has no absolute position table that bounds the length."""
+    n = config.num_layers if num_layers is None else num_layers
+    if not (isinstance(n, int) and 1 <= n <= config.num_layers):
+        raise ValueError(f"num_layers={num_layers!r}; must be an int in [1, {config.num_layers}]")
+    input_ids = jnp.asarray(input_ids)
+    attention_mask = jnp.asarray(attention_mask)
+    token_type_ids = (
+        jnp.zeros_like(input_ids) if token_type_ids is None else jnp.asarray(token_type_ids)
+    )
+    if (
+        input_ids.ndim != 2
+        or attention_mask.shape != input_ids.shape
+        or token_type_ids.shape != input_ids.shape
+    ):
+        raise ValueError(
+            f"input_ids {input_ids.shape}, attention_mask {attention_mask.shape} and "
+            f"token_type_ids {token_type_ids.shape} must all be [batch, length]"
+        )
+    if max_length is not None and input_ids.shape[1] > max_length:
+        raise ValueError(
+            f"input length {input_ids.shape[1]} exceeds the {max_length} positions of this "
+            f"{config.family} model"
+        )
+    if not deterministic and rngs is None and any(dropout_rates):
+        raise ValueError(
+            "deterministic=False applies dropout and needs rngs= (an nnx.Rngs with "
+            "a 'dropout' stream, or a PRNG key)"
+        )
+    if isinstance(rngs, jax.Array):
+        rngs = nnx.Rngs(dropout=rngs)
+    return input_ids, attention_mask, token_type_ids, n, rngs
+
+
 class Transformer(nnx.Module):
     """The encoder. Holds only parameters: dropout keys come in through `rngs` at call time,
     so `nnx.split(model)` state is exactly the parameters."""
@@ -415,36 +463,17 @@ class Transformer(nnx.Module):
             'dropout' stream, or a PRNG key that seeds one).
         """
         cfg = self.config
-        n = cfg.num_layers if num_layers is None else num_layers
-        if not (isinstance(n, int) and 1 <= n <= cfg.num_layers):
-            raise ValueError(f"num_layers={num_layers!r}; must be an int in [1, {cfg.num_layers}]")
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.asarray(attention_mask)
-        token_type_ids = (
-            jnp.zeros_like(input_ids) if token_type_ids is None else jnp.asarray(token_type_ids)
+        input_ids, attention_mask, token_type_ids, n, rngs = prepare_inputs(
+            cfg,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            num_layers=num_layers,
+            deterministic=deterministic,
+            rngs=rngs,
+            max_length=cfg.max_sequence_length,
+            dropout_rates=(cfg.hidden_dropout, cfg.attention_dropout),
         )
-        if (
-            input_ids.ndim != 2
-            or attention_mask.shape != input_ids.shape
-            or token_type_ids.shape != input_ids.shape
-        ):
-            raise ValueError(
-                f"input_ids {input_ids.shape}, attention_mask {attention_mask.shape} and "
-                f"token_type_ids {token_type_ids.shape} must all be [batch, length]"
-            )
-        if input_ids.shape[1] > cfg.max_sequence_length:
-            raise ValueError(
-                f"input length {input_ids.shape[1]} exceeds the "
-                f"{cfg.max_sequence_length} positions of this {cfg.family} model"
-            )
-        if not deterministic and rngs is None and (cfg.hidden_dropout or cfg.attention_dropout):
-            raise ValueError(
-                "deterministic=False applies dropout and needs rngs= (an nnx.Rngs with "
-                "a 'dropout' stream, or a PRNG key)"
-            )
-        if isinstance(rngs, jax.Array):
-            rngs = nnx.Rngs(dropout=rngs)
-
         mask = attention_mask_of(attention_mask.astype(bool))
         h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
         hidden_states, qkv = [h], []

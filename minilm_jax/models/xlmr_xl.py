@@ -24,7 +24,6 @@ import dataclasses
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from minilm_jax.models.attention import attention
@@ -38,6 +37,7 @@ from minilm_jax.models.transformer import (
     _layer_norm,
     _linear,
     last_layer_unreachable,
+    prepare_inputs,
 )
 
 FAMILY = "xlm-roberta-xl"
@@ -134,36 +134,17 @@ class XLMRobertaXL(nnx.Module):
         """Encodes a batch; arguments as `models.transformer.Transformer.__call__`. The final
         LayerNorm and the pooler run only when every layer ran."""
         cfg = self.config
-        n = cfg.num_layers if num_layers is None else num_layers
-        if not (isinstance(n, int) and 1 <= n <= cfg.num_layers):
-            raise ValueError(f"num_layers={num_layers!r}; must be an int in [1, {cfg.num_layers}]")
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.asarray(attention_mask)
-        token_type_ids = (
-            jnp.zeros_like(input_ids) if token_type_ids is None else jnp.asarray(token_type_ids)
+        input_ids, attention_mask, token_type_ids, n, rngs = prepare_inputs(
+            cfg,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            num_layers=num_layers,
+            deterministic=deterministic,
+            rngs=rngs,
+            max_length=cfg.max_sequence_length,
+            dropout_rates=(cfg.hidden_dropout, cfg.attention_dropout),
         )
-        if (
-            input_ids.ndim != 2
-            or attention_mask.shape != input_ids.shape
-            or token_type_ids.shape != input_ids.shape
-        ):
-            raise ValueError(
-                f"input_ids {input_ids.shape}, attention_mask {attention_mask.shape} and "
-                f"token_type_ids {token_type_ids.shape} must all be [batch, length]"
-            )
-        if input_ids.shape[1] > cfg.max_sequence_length:
-            raise ValueError(
-                f"input length {input_ids.shape[1]} exceeds the "
-                f"{cfg.max_sequence_length} positions of this {cfg.family} model"
-            )
-        if not deterministic and rngs is None and (cfg.hidden_dropout or cfg.attention_dropout):
-            raise ValueError(
-                "deterministic=False applies dropout and needs rngs= (an nnx.Rngs with "
-                "a 'dropout' stream, or a PRNG key)"
-            )
-        if isinstance(rngs, jax.Array):
-            rngs = nnx.Rngs(dropout=rngs)
-
         mask = attention_mask_of(attention_mask.astype(bool))
         h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
         hidden_states, qkv = [h], []
