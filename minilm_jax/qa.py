@@ -202,6 +202,10 @@ class Windows:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def batch(self, rows: Sequence[int], length: int, pad_id: int) -> dict[str, np.ndarray]:
+        """``make_batch`` of these windows (the fine-tuning trainer's Features protocol)."""
+        return make_batch(self, rows, length, pad_id)
+
 
 def token_offsets(text: str, encoding: tokenizers.Encoding) -> np.ndarray:
     """int32 [tokens, 2] character spans of an encoding's tokens in ``text``, without leading
