@@ -12,11 +12,15 @@ checkpoints and Ctrl-C/SIGTERM handling (`loop`), the sweep runner with its resu
 summary writer (`sweep`). Only what differs is here: loading the student, batches of task
 features, prediction on the evaluation sets.
 
-The workdir gets ``config.json``, ``results.jsonl`` (one line per finished run; a rerun skips
-them, and refuses when a setting that changes results differs), ``runs/<run>/`` (metrics,
-TensorBoard, checkpoints while the run is unfinished, ``predictions.npz``) and
-``summary.json`` + ``summary.md`` (per learning rate and epochs: the mean over seeds and the
-best run; the best mean overall).
+Tasks: the GLUE tasks, squad2, squad1, xnli, mlqa (experiments/glue.py, squad.py, xnli.py,
+mlqa.py; docs/evaluation.md).
+
+The workdir gets ``config.json`` (once the task's data has been read: bad input writes
+nothing), ``results.jsonl`` (one line per finished run; a rerun skips them, and refuses when a
+setting that changes results differs), ``runs/<run>/`` (metrics, TensorBoard, checkpoints
+while the run is unfinished, the task's re-scorable outputs: ``predictions.npz`` and/or JSON
+files such as SQuAD's ``predictions.json``) and ``summary.json`` + ``summary.md`` (per
+learning rate and epochs: the mean over seeds and the best run; the best mean overall).
 """
 
 from __future__ import annotations
