@@ -20,7 +20,7 @@ import pytest
 
 import mock_tfds
 from minilm_jax import configs, finetune, qa, tasks
-from qa_test import ref_best_thresholds, ref_v2_scores
+from qa_test import ref_best_thresholds, ref_f1, ref_normalize, ref_v2_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQUAD = os.path.join(REPO, "experiments", "squad.py")
@@ -217,6 +217,42 @@ def test_bucketed_prediction_lays_out_per_token_outputs(handmade):
         for w, n in enumerate(windows.lengths):
             np.testing.assert_allclose(got[name][w, :n], want[name][w, :n], atol=1e-5, rtol=1e-5)
         assert not got[name][first, bucket:].any()
+
+
+def test_squad1_evaluation_from_gold_pointing_logits(handmade):
+    """squad1's evaluate: logits that point at the labelled answer tokens decode to the gold
+    text (EM 1), the others to some span; EM/F1 as the official v1.1 semantics (qa_test's
+    independent `ref_normalize`/`ref_f1`) compute them from the predictions.json it returns."""
+    _, student, _, _ = handmade
+    task = tasks.get_task("squad1")
+    config = smoke_config("smoke,version=1")
+    config.max_answer_len = 30  # the longest gold here has 20 tokens
+    examples = [
+        qa.QAExample(qid, q, c, tuple(golds), tuple(c.index(g) for g in golds))
+        for qid, q, c, golds in DEV
+        if golds
+    ]
+    windows = task.encoder(config, student).windows(examples)
+    rng = np.random.default_rng(0)
+    start, end = rng.normal(size=(2, len(windows), config.max_len)).astype(np.float32)
+    pointed = set()
+    for w in np.flatnonzero(windows.start_positions > 0):
+        if windows.example_index[w] % 2 == 0:  # every other question gets the gold span
+            start[w, windows.start_positions[w]] = end[w, windows.end_positions[w]] = 50.0
+            pointed.add(examples[windows.example_index[w]].id)
+    data = tasks.TaskData(windows, {"validation": tasks.EvalSet(windows, labels=examples)})
+    evaluation = task.evaluate(
+        data, {"validation": {"start_logits": start, "end_logits": end}}, config
+    )
+    predictions = evaluation.files["predictions.json"]
+    golds = {e.id: e.answers for e in examples}
+    assert pointed and all(predictions[qid] == golds[qid][0] for qid in pointed)
+    exact = np.mean(
+        [max(ref_normalize(predictions[q]) == ref_normalize(a) for a in golds[q]) for q in golds]
+    )
+    f1 = np.mean([max(ref_f1(predictions[q], a, v2=False) for a in golds[q]) for q in golds])
+    assert evaluation.metrics == pytest.approx({"exact_match": exact, "f1": f1}, abs=1e-12)
+    assert 0 < exact < 1 and task.score(evaluation.metrics) == evaluation.metrics["f1"]
 
 
 # ------------------------------------------------------------------ end to end
