@@ -12,17 +12,22 @@ checkpoints and Ctrl-C/SIGTERM handling (`loop`), the sweep runner with its resu
 summary writer (`sweep`). Only what differs is here: loading the student, batches of task
 features, prediction on the evaluation sets.
 
-The workdir gets ``config.json``, ``results.jsonl`` (one line per finished run; a rerun skips
-them, and refuses when a setting that changes results differs), ``runs/<run>/`` (metrics,
-TensorBoard, checkpoints while the run is unfinished, ``predictions.npz``) and
-``summary.json`` + ``summary.md`` (per learning rate and epochs: the mean over seeds and the
-best run; the best mean overall).
+Tasks: the GLUE tasks, squad2, squad1, xnli, mlqa (experiments/glue.py, squad.py, xnli.py,
+mlqa.py; docs/evaluation.md).
+
+The workdir gets ``config.json`` (once the task's data has been read: bad input writes
+nothing), ``results.jsonl`` (one line per finished run; a rerun skips them, and refuses when a
+setting that changes results differs), ``runs/<run>/`` (metrics, TensorBoard, checkpoints
+while the run is unfinished, the task's re-scorable outputs: ``predictions.npz`` and/or JSON
+files such as SQuAD's ``predictions.json``) and ``summary.json`` + ``summary.md`` (per
+learning rate and epochs: the mean over seeds and the best run; the best mean overall).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import shutil
@@ -140,7 +145,8 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks_lib.Task:
         fail("sweep.epochs", grid.epochs, "needs one or more positive integers")
     if not grid.seeds or any(int(s) != s for s in grid.seeds):
         fail("sweep.seeds", grid.seeds, "needs one or more integers")
-    check_student_path(config.student_path)
+    student_config = check_student_path(config.student_path)
+    task.check_config(config, student_config)
     return task
 
 
@@ -216,6 +222,7 @@ class RunResult:
     record: dict[str, Any]  # what results.jsonl holds: settings, metrics, score, timing
     outputs: dict[str, dict[str, np.ndarray]]  # eval set -> the model's outputs per row
     saved: dict[str, np.ndarray]  # what predictions.npz holds
+    files: dict[str, Any] = dataclasses.field(default_factory=dict)  # the run's JSON files
     params: Any = None  # the fine-tuned model's parameters, when run(keep_params=True)
 
 
@@ -354,7 +361,8 @@ class Finetuner:
             if ckpt is not None:
                 ckpt.wait()
                 ckpt.close()
-        run_metrics, saved = self.task.evaluate(data, outputs, config)
+        evaluation = self.task.evaluate(data, outputs, config)
+        run_metrics = evaluation.metrics
         final_loss = None
         if run_dir and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
             train_records = [
@@ -377,13 +385,13 @@ class Finetuner:
             "score": self.task.score(run_metrics),
         }
         if run_dir and main_host:
-            np.savez(os.path.join(run_dir, "predictions.npz"), **saved)
+            write_outputs(run_dir, evaluation)
         params = (
             jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), result.state.params)
             if keep_params
             else None
         )
-        return RunResult(record, outputs, saved, params)
+        return RunResult(record, outputs, evaluation.arrays, evaluation.files, params)
 
     def predict(self, params, features: tasks_lib.Features) -> dict[str, np.ndarray]:
         """The task's outputs for every row of ``features``, in their order. Batches are formed
@@ -405,10 +413,38 @@ class Finetuner:
             for name, value in values.items():
                 # Replicated output: this host's first shard is the whole global batch.
                 value = np.asarray(value.addressable_data(0))[: len(real)]
-                if name not in out:
-                    out[name] = np.zeros((len(features), *value.shape[1:]), value.dtype)
-                out[name][real] = value
+                out[name] = _fit(out.get(name), len(features), value)
+                out[name][(real, *(slice(0, n) for n in value.shape[1:]))] = value
         return out
+
+
+def _fit(buffer: np.ndarray | None, rows: int, value: np.ndarray) -> np.ndarray:
+    """A [rows, ...] buffer that holds ``value``'s trailing shape: per-token outputs ([B, T]
+    span logits) of a short length bucket come before those of a longer one, so the buffer
+    grows to the longest (at most once per bucket); positions a row lacks stay 0, and the
+    task knows each row's real length."""
+    if buffer is None:
+        return np.zeros((rows, *value.shape[1:]), value.dtype)
+    if all(n <= m for n, m in zip(value.shape[1:], buffer.shape[1:])):
+        return buffer
+    grown = np.zeros((rows, *np.maximum(buffer.shape[1:], value.shape[1:])), buffer.dtype)
+    grown[(slice(None), *(slice(0, n) for n in buffer.shape[1:]))] = buffer
+    return grown
+
+
+def write_outputs(run_dir: str, evaluation: tasks_lib.Evaluation) -> None:
+    """The run's re-scorable outputs: ``predictions.npz`` (the task's arrays, when it has any)
+    and its JSON files (e.g. SQuAD's predictions.json). Each file appears whole or not at all
+    (written aside, then renamed)."""
+    if evaluation.arrays:
+        tmp = os.path.join(run_dir, "predictions.tmp.npz")
+        np.savez(tmp, **evaluation.arrays)
+        os.replace(tmp, os.path.join(run_dir, "predictions.npz"))
+    for name, value in evaluation.files.items():
+        path = os.path.join(run_dir, name)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(value, f, ensure_ascii=False, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +482,12 @@ def summarize(records: Sequence[Mapping[str, Any]], task: tasks_lib.Task) -> dic
     if not records:
         raise ValueError(f"no finished runs to summarise for task {task.name!r}")
     names = (*task.metric_names, "score")
-    value = lambda r, name: r["score"] if name == "score" else r["metrics"][name]  # noqa: E731
+
+    # A metric a run lacks (a language left out by config.languages, a SQuAD 2.0 subset with
+    # no question) is NaN.
+    def value(r, name):
+        return r["score"] if name == "score" else r["metrics"].get(name, math.nan)
+
     groups: dict[tuple[float, int], list[Mapping[str, Any]]] = {}
     for r in records:
         groups.setdefault((float(r["learning_rate"]), int(r["epochs"])), []).append(r)
@@ -514,7 +555,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 "",
                 f"Best single run: lr {run['learning_rate']:g}, epochs {run['epochs']}, "
                 f"seed {run['seed']}: "
-                + ", ".join(f"{n} {pct(run['metrics'][n])}" for n in names)
+                + ", ".join(f"{n} {pct(run['metrics'].get(n))}" for n in names)
                 + f" (score {pct(run['score'])})",
                 f"Best mean over seeds: lr {mean['learning_rate']:g}, epochs {mean['epochs']} "
                 f"(seeds {', '.join(map(str, mean['seeds']))}): "
@@ -548,9 +589,6 @@ def run_sweep(
     runner = sweep.Runner(workdir, log=log)
     runner.check(points)  # before anything is loaded or written
     main_host = jax.process_index() == 0
-    if main_host:
-        sweep.write_config(config, workdir)
-
     student_cfg = hf.load_config(student_path)
     student = load_student(
         student_path,
@@ -559,6 +597,8 @@ def run_sweep(
         with_pooler=task.uses_pooler(config, student_cfg),
     )
     data = task.prepare(config, student)
+    if main_host:  # only once the data is there: a dataset that is not prepared writes nothing
+        sweep.write_config(config, workdir)
     log(
         f"{task.name}: "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data.info.items())

@@ -7,8 +7,9 @@ evaluates on what it returns.
 - Metrics (accuracy, binary F1, Matthews correlation, Pearson, Spearman) in float64 NumPy,
   defined exactly as scikit-learn / SciPy define them (including their edge cases), so the
   numbers match published GLUE dev results; no scikit-learn at run time.
-- ``read_split``: a split of ``glue/<task>`` through ``tfds.data_source`` (array_record,
-  random access, never downloads); ``tensorflow_datasets`` is imported only there.
+- ``read_split``: a split of ``glue/<task>`` through ``tfds_source.open_source``
+  (array_record, random access, never downloads; a dataset that is not prepared gets the
+  command that prepares it).
 - ``PairEncoder`` / ``encode_examples``: the family's special-token layout (BERT
   ``[CLS] a [SEP] b [SEP]`` with token types 0/1; RoBERTa/XLM-R ``<s> a </s></s> b </s>``,
   types 0) and longest-first truncation as the ``tokenizers`` library does it.
@@ -26,6 +27,7 @@ import tokenizers
 
 from minilm_jax.data.packing import FAIRSEQ_FAMILIES, special_token_ids
 from minilm_jax.data.sources import as_text
+from minilm_jax.tfds_source import open_source
 
 # ---------------------------------------------------------------------------------------------
 # Tasks
@@ -221,44 +223,9 @@ class Examples:
 
 
 def open_split(task: GlueTask, split: str, data_dir: str | None = None) -> Sequence[Any]:
-    """``tfds.data_source("glue/<task>", split=...)``: random access, never downloads."""
-    name = f"glue/{task.name}"
-    try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ImportError(
-            f"reading {name} needs tensorflow-datasets: pip install 'minilm_jax[tfds]'"
-        ) from e
-    try:
-        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
-    except Exception as e:  # noqa: BLE001  (TFDS raises many types; all mean "cannot open")
-        raise ValueError(
-            f"cannot open TFDS dataset {name!r} split {split!r} (config.data_dir={data_dir or ''!r}) "
-            f"as an array_record data source: {_why_not_open(tfds, name, data_dir, e)}. Prepare it "
-            f"once (TFDS downloads GLUE itself) with: {prepare_command(task.name, data_dir)} -- or "
-            f"`tfds build {name} --file_format=array_record` (the CLI needs apache-beam) -- or point "
-            f"config.data_dir at the folder that holds glue/{task.name}."
-        ) from e
-
-
-def _why_not_open(tfds, name: str, data_dir: str | None, error: Exception) -> str:
-    try:
-        builder = tfds.builder(name, data_dir=data_dir or None)
-        if not builder.is_prepared():
-            return f"it is not prepared in {builder.data_dir}"
-    except Exception:  # noqa: BLE001  (the original error says more)
-        pass
-    # First line only: TFDS may append the names of all its datasets.
-    return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(":. ")
-
-
-def prepare_command(task_name: str, data_dir: str | None = None) -> str:
-    """A shell command that downloads and prepares glue/<task> in array_record format."""
-    where = f"data_dir={data_dir!r}" if data_dir else ""
-    return (
-        f"python -c \"import tensorflow_datasets as tfds; tfds.builder('glue/{task_name}'"
-        f"{', ' + where if where else ''}).download_and_prepare(file_format='array_record')\""
-    )
+    """``tfds.data_source("glue/<task>", split=...)``: random access, never downloads; the error
+    of a dataset that is not prepared names the command that prepares it."""
+    return open_source(f"glue/{task.name}", split, data_dir)
 
 
 def read_split(task: GlueTask, split: str, data_dir: str | None = None, limit: int = 0) -> Examples:

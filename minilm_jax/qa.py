@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import re
 import string
@@ -202,6 +203,16 @@ class Windows:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def batch(self, rows: Sequence[int], length: int, pad_id: int) -> dict[str, np.ndarray]:
+        """``make_batch`` of these windows (the fine-tuning trainer's Features protocol)."""
+        return make_batch(self, rows, length, pad_id)
+
+
+@functools.cache
+def _whitespace_codes() -> np.ndarray:
+    """Every code point whose character str.isspace() calls whitespace (29 of them)."""
+    return np.asarray([c for c in range(0x110000) if chr(c).isspace()], np.uint32)
+
 
 def token_offsets(text: str, encoding: tokenizers.Encoding) -> np.ndarray:
     """int32 [tokens, 2] character spans of an encoding's tokens in ``text``, without leading
@@ -210,7 +221,9 @@ def token_offsets(text: str, encoding: tokenizers.Encoding) -> np.ndarray:
     span at its end."""
     spans = np.asarray(encoding.offsets, np.int64).reshape(-1, 2)
     n = len(text)
-    solid = np.fromiter((not ch.isspace() for ch in text), bool, n)
+    # str.isspace of every character at once: its code point among the whitespace ones.
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    solid = ~np.isin(codes, _whitespace_codes())
     positions = np.arange(n + 1)
     # next_solid[i]: the first non-space character at or after i (n if none);
     # solid_end[j]: one past the last non-space character before j (0 if none).
@@ -522,12 +535,12 @@ def _logit_matrix(logits, windows: Windows, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCTUATION = frozenset(string.punctuation)
+_DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
     """Lowercase, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = text.lower().translate(_DROP_PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 

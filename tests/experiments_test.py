@@ -170,9 +170,10 @@ def test_sweep_of_two_configs_runs_and_summarises(tmp_path):
 
 
 def test_two_point_sweep_scored_end_to_end_on_a_task(tmp_path):
-    """`--evaluate mnli`: each point is distilled, its student fine-tuned on (mock) MNLI, and
-    summary.md gets one row per point with the task's dev score, the mean over seeds at the
-    best learning rate, as recomputed here from each point's own fine-tuning results."""
+    """`--evaluate mnli,squad2`: each point is distilled, its student fine-tuned on (mock)
+    MNLI and SQuAD 2.0, and summary.md gets one row per point with each task's dev score (MNLI
+    accuracy, SQuAD 2.0 F1), the mean over seeds at the best learning rate, as recomputed here
+    from each point's own fine-tuning results."""
     exp = tmp_path / "two_points.py"
     exp.write_text(SWEEP_FILE.format(repo=REPO))
     root = tmp_path / "sweep"
@@ -187,7 +188,7 @@ def test_two_point_sweep_scored_end_to_end_on_a_task(tmp_path):
             "--workdir",
             str(root),
             "--evaluate",
-            "mnli",
+            "mnli,squad2",
             "--config.plots=False",
             "--config.total_steps=3",
         ],
@@ -199,17 +200,23 @@ def test_two_point_sweep_scored_end_to_end_on_a_task(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (root / "summary.md").read_text()
-    assert "mnli (dev, mean over seeds)" in table.splitlines()[0]
+    header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
+    tasks = ("mnli", "squad2")
+    assert header[-2:] == [f"{task} (dev, mean over seeds)" for task in tasks]
     for name in ("heads-2", "layer-3"):
-        with open(root / name / "eval" / "mnli" / "results.jsonl") as f:
-            runs = [json.loads(line)["result"] for line in f]
-        by_lr = {}
-        for run in runs:
-            by_lr.setdefault(run["learning_rate"], []).append(run["score"])
-        best = max(sum(v) / len(v) for v in by_lr.values())
         (row,) = [line for line in table.splitlines() if line.startswith(f"| {name} |")]
-        assert row.rstrip(" |").endswith(f"{100 * best:.2f}"), (row, best)
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        for task, cell in zip(tasks, cells[-2:]):
+            with open(root / name / "eval" / task / "results.jsonl") as f:
+                runs = [json.loads(line)["result"] for line in f]
+            by_lr = {}
+            for run in runs:
+                by_lr.setdefault(run["learning_rate"], []).append(run["score"])
+            best = max(sum(v) / len(v) for v in by_lr.values())
+            assert cell == f"{100 * best:.2f}", (task, row, best)
         assert (root / name / "hf_student" / "model.safetensors").exists()
+    squad = json.loads((root / "heads-2" / "eval" / "squad2" / "results.jsonl").read_text())
+    assert squad["result"]["score"] == squad["result"]["metrics"]["f1"]  # SQuAD 2.0 dev F1
 
 
 def test_ablation_sweeps_cover_the_paper():

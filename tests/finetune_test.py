@@ -27,7 +27,7 @@ import transformers
 from flax import nnx
 
 import hf_fixtures
-from minilm_jax import configs, finetune, glue, optim, steps, tasks, tiny
+from minilm_jax import configs, finetune, glue, optim, steps, tasks, tfds_source, tiny
 from minilm_jax.models.heads import SequenceClassifier
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -741,10 +741,8 @@ def test_unprepared_tfds_dataset_says_how_to_build(tmp_path):
         r"prepared in .*glue/rte/",
     ) as error:
         glue.read_split(glue.get_task("rte"), "validation", data_dir=str(tmp_path))
-    command = glue.prepare_command("rte", str(tmp_path))
-    assert command in str(error.value) and "tfds build glue/rte --file_format=array_record" in str(
-        error.value
-    )
+    command = tfds_source.prepare_command("glue/rte", str(tmp_path))
+    assert str(error.value).endswith(f"Prepare it once with: {command}")
     assert f"tfds.builder('glue/rte', data_dir='{tmp_path}')" in command
 
 
