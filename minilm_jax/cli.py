@@ -7,9 +7,12 @@ and calls `program(args, config)`. Failures end the process with one line on std
 
   exit 2  bad input: a config field, a file, a folder (`error: ...` names it and the fix)
   exit 3  the run started and had to stop (a non-finite loss); the last good checkpoint is kept
-  exit 130  interrupted (Ctrl-C): a running trainer checkpoints first, then exits
+  exit 130  stopped by Ctrl-C (SIGINT): a running trainer checkpoints the current step first
+  exit 143  stopped by SIGTERM (a scheduler, a preemption notice): the same; rerun to resume
 
-`--debug` prints the traceback as well. Unexpected exceptions (bugs) keep their traceback.
+A stopped run exits with 128 + the signal (the shell's convention), not 0, so that a scheduler
+or a script sees that the run has not finished. `--debug` prints the traceback as well.
+Unexpected exceptions (bugs) keep their traceback.
 """
 
 from __future__ import annotations
@@ -120,9 +123,10 @@ def run(
         code = program(args, config)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints instead)
         _report(
-            "interrupted before training started; nothing was written after the last checkpoint",
+            "interrupted (Ctrl-C) outside a training loop: every checkpoint and finished result "
+            "already written is kept; rerun the same command to resume",
             debug,
         )
         sys.exit(EXIT_INTERRUPTED)

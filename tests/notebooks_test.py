@@ -188,14 +188,14 @@ def check_prototype_training(workdir, results):
     for when in ("eval_start", "eval_end"):
         assert set(results[when]) == {"loss", "loss/qq", f"loss/{name}"}
         assert all(math.isfinite(v) for v in results[when].values())
-    with open(os.path.join(workdir, "config.json")) as f:
+    with open(os.path.join(workdir, "run_config.json")) as f:
         assert json.load(f)["distill"]["relations"] == ["qq", name]
     assert os.path.isfile(os.path.join(results["hf_student"], "model.safetensors"))
 
 
 def check_inspection(workdir, student, results):
     assert results["student"] == student
-    assert results["settings"] == os.path.join(workdir, "config.json")
+    assert results["settings"] == os.path.join(workdir, "run_config.json")
     assert os.path.realpath(results["teacher"]) == os.path.realpath(TEACHER)
     assert (results["layer"], results["num_relation_heads"]) == (TEACHER_LAYER, RELATION_HEADS)
     assert results["tokens"][0] == "[CLS]" and results["tokens"][-1] == "[SEP]"

@@ -61,8 +61,8 @@ def one_line(error):
 
 def test_model_folder_is_refused_and_still_loads(tmp_path):
     model = str(tmp_path / "teacher")
-    tiny.write_tiny_teacher(
-        "bert", model, ["a few words of text"] * 8, **configs.SMOKE_TEACHER, vocab_size=64
+    tiny.write_tiny_model(
+        "bert", model, ["a few words of text"] * 8, **tiny.SMOKE_TEACHER, vocab_size=64
     )
     before = snapshot(model)
     with pytest.raises(rundir.RunDirError) as error:
@@ -74,7 +74,7 @@ def test_model_folder_is_refused_and_still_loads(tmp_path):
     assert "nothing was written" in message
     assert snapshot(model) == before  # not one file added, removed or changed
     cfg, _ = hf.load_pretrained(model)
-    assert cfg.num_layers == configs.SMOKE_TEACHER["num_layers"]
+    assert cfg.num_layers == tiny.SMOKE_TEACHER["num_layers"]
 
 
 def test_new_and_empty_folders_are_created_marked_and_resumed(tmp_path):
@@ -213,6 +213,8 @@ def test_lock_from_another_host_is_refused(tmp_path):
 def test_unsafe_change_is_refused_and_the_saved_config_kept(tmp_path):
     workdir = str(tmp_path / "run")
     rundir.acquire(workdir, distill_config(), kind="distill", **SINGLE).release()
+    os.makedirs(os.path.join(workdir, "checkpoints", "2"))
+    (tmp_path / "run" / "checkpoints" / "2" / "state").write_text("the old run's state")
     before = snapshot(workdir)
     changed = distill_config(**{"teacher.layer": 10, "max_len": 256, "total_steps": 10})
     with pytest.raises(rundir.RunDirError) as error:
@@ -222,6 +224,39 @@ def test_unsafe_change_is_refused_and_the_saved_config_kept(tmp_path):
     assert "total_steps" not in message  # safe fields are not the problem
     assert "Start a fresh run with a new --workdir" in message
     assert snapshot(workdir) == before  # config, marker and history untouched, no lock left
+
+
+def test_a_start_that_wrote_nothing_takes_a_corrected_config(tmp_path):
+    """A start that failed on bad input after its claim (a corpus that is not text, damaged
+    teacher weights) left only the claim's files: a corrected config is no change of a run."""
+    workdir = str(tmp_path / "run")
+    rundir.acquire(workdir, distill_config(), kind="distill", **SINGLE).release()
+    os.makedirs(os.path.join(workdir, "checkpoints"))  # an empty folder holds no result
+    fixed = distill_config(**{"data.text_files": "corpus/*.txt"})
+    with rundir.claim(workdir, fixed, kind="distill", **SINGLE) as run:
+        assert not run.resumed and run.changed == {"data.text_files": ["", "corpus/*.txt"]}
+    with open(os.path.join(workdir, rundir.CONFIG_FILE)) as f:
+        assert json.load(f)["data"]["text_files"] == "corpus/*.txt"
+    assert [h["resumed"] for h in read_history(workdir)] == [False, False]
+
+
+def test_a_sweep_root_of_separately_run_points_is_adopted(tmp_path):
+    """Points run as separate jobs (``minilm_jax.sweep --print_only``) leave an unmarked root
+    that holds only run directories: the sweep may claim it; any other content is refused,
+    and a distillation run never adopts such a folder."""
+    root = tmp_path / "sweep"
+    for name in ("heads-2", "layer-3"):
+        rundir.acquire(str(root / name), distill_config(), kind="distill", **SINGLE).release()
+    with pytest.raises(rundir.RunDirError, match="is not empty and is not a minilm_jax run"):
+        rundir.acquire(str(root), {"seed": 0}, kind="distill", **SINGLE)
+    with rundir.claim(str(root), {"seed": 0}, kind="sweep", holds_runs=True, **SINGLE) as run:
+        assert not run.resumed
+    assert os.path.isfile(root / rundir.MARKER_FILE)
+    other = tmp_path / "other"
+    rundir.acquire(str(other / "layer-3"), distill_config(), kind="distill", **SINGLE).release()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(rundir.RunDirError, match=r"it holds layer-3, notes.txt"):
+        rundir.acquire(str(other), {"seed": 0}, kind="sweep", holds_runs=True, **SINGLE)
 
 
 def test_safe_change_is_accepted_and_recorded(tmp_path):
