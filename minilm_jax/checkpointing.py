@@ -426,7 +426,11 @@ def stop_signal() -> StopSignal:
     arranges for SIGTERM, from its own handler (a Python one would replace it); the loop asks
     it through ``Checkpointer.reached_preemption``. So there only SIGINT is ours, and it is
     forwarded to that service as SIGTERM: Ctrl-C on any host stops all of them at one step.
+    Without the service (``jax_enable_preemption_service=False``) no host could tell the
+    others, so no handler is installed: Ctrl-C and SIGTERM end the processes at once.
     """
     if jax.process_count() == 1:
         return StopSignal()
+    if not (jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service):
+        return StopSignal(signals=())
     return StopSignal(signals=(signal.SIGINT,), forward=signal.SIGTERM)
