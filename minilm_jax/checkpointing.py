@@ -369,12 +369,17 @@ class StopSignal:
     ``received`` is the first signal's number (None before one arrives); ``exit_code`` is
     the shell's convention for it, 128 + number (130 for SIGINT, 143 for SIGTERM). Use as a
     context manager, or call ``restore_handlers()`` when the loop ends.
+
+    ``forward``: a signal this process sends itself on the first one. Multi-host runs (see
+    ``stop_signal``) forward Ctrl-C as SIGTERM to JAX's preemption service, which makes every
+    host stop at the same step.
     """
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), *, forward: int | None = None):
         self._event = threading.Event()
         self._previous: dict[int, Any] = {}
         self._signals = tuple(signals)
+        self._forward = forward
         self.received: int | None = None
         if threading.current_thread() is threading.main_thread():
             for sig in self._signals:
@@ -390,6 +395,8 @@ class StopSignal:
             "at once, without a checkpoint).",
             signal.Signals(signum).name,
         )
+        if self._forward is not None:
+            os.kill(os.getpid(), self._forward)
 
     @property
     def requested(self) -> bool:
@@ -409,3 +416,21 @@ class StopSignal:
 
     def __exit__(self, *exc_info) -> None:
         self.restore_handlers()
+
+
+def stop_signal() -> StopSignal:
+    """The ``StopSignal`` a training loop installs.
+
+    Single-process runs: SIGTERM and SIGINT. Multi-host runs: every host must checkpoint the
+    same step, which JAX's preemption service (started by ``jax.distributed.initialize``)
+    arranges for SIGTERM, from its own handler (a Python one would replace it); the loop asks
+    it through ``Checkpointer.reached_preemption``. So there only SIGINT is ours, and it is
+    forwarded to that service as SIGTERM: Ctrl-C on any host stops all of them at one step.
+    Without the service (``jax_enable_preemption_service=False``) no host could tell the
+    others, so no handler is installed: Ctrl-C and SIGTERM end the processes at once.
+    """
+    if jax.process_count() == 1:
+        return StopSignal()
+    if not (jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service):
+        return StopSignal(signals=())
+    return StopSignal(signals=(signal.SIGINT,), forward=signal.SIGTERM)

@@ -5,11 +5,14 @@ is `cli.run(program, argv, ...)`: it parses `--config PATH[:ARGS]`, `--workdir D
 `--config.field=value` overrides and the program's own flags, loads the experiment file,
 and calls `program(args, config)`. Failures end the process with one line on stderr:
 
-  exit 2  bad input: a config field, a file, a folder (`error: ...` names it and the fix)
+  exit 2  bad input: a config field, a file, a folder, a module (`error: ...` names it and the fix)
   exit 3  the run started and had to stop (a non-finite loss); the last good checkpoint is kept
-  exit 130  interrupted (Ctrl-C): a running trainer checkpoints first, then exits
+  exit 130  stopped by Ctrl-C (SIGINT): a running trainer checkpoints the current step first
+  exit 143  stopped by SIGTERM (a scheduler, a preemption notice): the same; rerun to resume
 
-`--debug` prints the traceback as well. Unexpected exceptions (bugs) keep their traceback.
+A stopped run exits with 128 + the signal (the shell's convention), not 0, so that a scheduler
+or a script sees that the run has not finished. `--debug` prints the traceback as well.
+Unexpected exceptions (bugs) keep their traceback.
 """
 
 from __future__ import annotations
@@ -120,16 +123,17 @@ def run(
         code = program(args, config)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints instead)
         _report(
-            "interrupted before training started; nothing was written after the last checkpoint",
+            "interrupted (Ctrl-C) outside a training loop: every checkpoint and finished result "
+            "already written is kept; rerun the same command to resume",
             debug,
         )
         sys.exit(EXIT_INTERRUPTED)
     except TrainingError as e:
         _report(str(e), debug)
         sys.exit(EXIT_STOPPED)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as e:
+    except (ValueError, OSError, ImportError) as e:  # OSError: missing files, permissions...
         if _out_of_memory(e):
             _report(
                 f"out of device memory: {_first_line(e)} -- lower batch_size, raise "

@@ -19,7 +19,7 @@ from minilm_jax.data import default_data_config
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The paper's recipe (section "Settings" of PAPER.md), BERT-base -> 6x384 by default."""
+    """The paper's recipe (docs/method.md, "Settings"), BERT-base -> 6x384 by default."""
     c = ml_collections.ConfigDict()
 
     c.teacher = ml_collections.ConfigDict()
@@ -316,7 +316,7 @@ def apply_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.Con
     return c
 
 
-# The paper's teachers (PAPER.md, "Settings"): where each comes from, the layer distilled
+# The paper's teachers (docs/method.md, "Settings"): where each comes from, the layer distilled
 # (1-based) and the relation heads. Large teachers' layers come from secondary sources; the
 # teacher-layer ablation (experiments/ablations.py) sweeps them.
 TEACHERS = {

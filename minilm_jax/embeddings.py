@@ -36,6 +36,7 @@ from minilm_jax.hf.sentence_transformers import (
     SentenceEmbeddingConfig,
     read_sentence_transformers,
 )
+from minilm_jax.hf.tokenizer import prepared_tokenizer
 
 __all__ = [
     "POOLING_MODES",
@@ -161,12 +162,7 @@ def sentence_tokenizer(
     """A copy of `tokenizer` (the caller's is not changed) that truncates to `max_length` and,
     if `config.do_lower_case`, lowercases first unless its normalizer already does (what
     sentence-transformers' Transformer module does to the tokenizer)."""
-    tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
-    tok.no_padding()
-    if max_length is None:
-        tok.no_truncation()
-    else:
-        tok.enable_truncation(max_length)
+    tok = prepared_tokenizer(tokenizer, max_length=max_length)
     if config.do_lower_case and not _has_lowercase(tok.normalizer):
         existing = tok.normalizer
         if existing is None:

@@ -15,11 +15,12 @@ features, prediction on the evaluation sets.
 Tasks: the GLUE tasks, squad2, squad1, xnli, mlqa (experiments/glue.py, squad.py, xnli.py,
 mlqa.py; docs/evaluation.md).
 
-The workdir gets ``config.json`` (once the task's data has been read: bad input writes
-nothing), ``results.jsonl`` (one line per finished run; a rerun skips them, and refuses when a
-setting that changes results differs), ``runs/<run>/`` (metrics, TensorBoard, checkpoints
-while the run is unfinished, the task's re-scorable outputs: ``predictions.npz`` and/or JSON
-files such as SQuAD's ``predictions.json``) and ``summary.json`` + ``summary.md`` (per
+The workdir is a run directory (docs/run_directory.md: claimed for one sweep, one writer at a
+time, its config checked on a rerun). It gets ``run_config.json``, ``results.jsonl`` (one line
+per finished run; a rerun skips them, and refuses when a setting that changes results
+differs), ``runs/<run>/`` (metrics, TensorBoard, checkpoints while the run is unfinished, the
+task's re-scorable outputs: ``predictions.npz`` and/or JSON files such as SQuAD's
+``predictions.json``; part of the sweep's claim) and ``summary.json`` + ``summary.md`` (per
 learning rate and epochs: the mean over seeds and the best run; the best mean overall).
 """
 
@@ -31,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,7 +43,7 @@ import numpy as np
 import tokenizers
 from flax import nnx
 
-from minilm_jax import checkpointing, cli, hf, loop, metrics, optim, parallel, steps, sweep
+from minilm_jax import checkpointing, cli, hf, loop, metrics, optim, parallel, rundir, steps, sweep
 from minilm_jax import tasks as tasks_lib
 from minilm_jax.configs import check_positive, fail
 from minilm_jax.models import build_model
@@ -315,18 +315,22 @@ class Finetuner:
         train_iter = iter(batches)
         ckpt = writer = None
         start_step, main_host = 0, jax.process_index() == 0
-        if run_dir:
-            ckpt = checkpointing.Checkpointer(
-                os.path.join(run_dir, "checkpoints"), keep=1, use_async=False
-            )
-            latest = ckpt.latest_step()
-            if latest is not None:
-                state = ckpt.restore(latest, checkpointing.abstract_like(state), train_iter)
-                start_step = latest
-                log(f"  {run_name(learning_rate, epochs, seed)}: resumed from step {latest}")
-            writer = metrics.MetricWriter(run_dir, resume_step=start_step if latest else None)
-        start = time.time()
-        try:
+        try:  # the data iterator is closed on every way out (its prefetch thread)
+            if run_dir:
+                # Two kept: a damaged newest checkpoint falls back to the one before it.
+                ckpt = checkpointing.Checkpointer(
+                    os.path.join(run_dir, "checkpoints"), keep=2, use_async=False
+                )
+                restored = ckpt.restore_latest(checkpointing.abstract_like(state), train_iter)
+                if restored is not None:
+                    start_step, state = restored
+                    log(
+                        f"  {run_name(learning_rate, epochs, seed)}: resumed from step {start_step}"
+                    )
+                writer = metrics.MetricWriter(
+                    run_dir, resume_step=start_step if restored is not None else None
+                )
+            start = time.time()
             result = loop.run(
                 lambda s, b: self.train_fn(s, b, schedule, None),
                 state,
@@ -356,6 +360,7 @@ class Finetuner:
                 for name, eval_set in data.evals.items()
             }
         finally:
+            train_iter.close()
             if writer is not None:
                 writer.close()
             if ckpt is not None:
@@ -580,14 +585,23 @@ def run_sweep(
     config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print
 ) -> SweepResult:
     """Fine-tunes one run per point of ``config.sweep`` and writes results.jsonl,
-    summary.json and summary.md into ``workdir``; returns all of it."""
-    workdir = os.path.abspath(workdir)
+    summary.json and summary.md into ``workdir``; returns all of it.
+
+    ``workdir`` is claimed for the sweep (``rundir.claim``) after the config is checked and
+    before anything is written; the runs' folders inside it are part of that claim."""
     parallel.initialize_distributed(config.get("distributed"))
     task = validate_config(config)
     student_path = os.path.abspath(os.path.expanduser(config.student_path))
     points = sweep_points(config, task, student_path)
+    # Finished points made with other settings: refused before anything is loaded or written
+    # (read-only; the claim below then refuses any other change that is not safe).
+    sweep.Runner(workdir, log=log).check(points)
+    with rundir.claim(workdir, config, kind="finetune") as claimed:
+        return _run_points(config, claimed.workdir, task, student_path, points, log)
+
+
+def _run_points(config, workdir, task, student_path, points, log) -> SweepResult:
     runner = sweep.Runner(workdir, log=log)
-    runner.check(points)  # before anything is loaded or written
     main_host = jax.process_index() == 0
     student_cfg = hf.load_config(student_path)
     student = load_student(
@@ -597,8 +611,6 @@ def run_sweep(
         with_pooler=task.uses_pooler(config, student_cfg),
     )
     data = task.prepare(config, student)
-    if main_host:  # only once the data is there: a dataset that is not prepared writes nothing
-        sweep.write_config(config, workdir)
     log(
         f"{task.name}: "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data.info.items())
@@ -606,7 +618,7 @@ def run_sweep(
         f"{student.config.hidden_size})"
     )
     finetuner = Finetuner(config, task, student, data)
-    stop = checkpointing.StopSignal() if jax.process_count() == 1 else None
+    stop = checkpointing.stop_signal()  # Ctrl-C / SIGTERM: checkpoint the current step, stop
     runs: list[RunResult] = []
     stopped: loop.Result | None = None
 
@@ -632,11 +644,8 @@ def run_sweep(
         runs.append(result)
         return result.record
 
-    try:
+    with stop:
         records = runner.run(points, run_point)
-    finally:
-        if stop is not None:
-            stop.restore_handlers()
     if stopped is not None:
         return SweepResult({}, records, runs, "", stopped=stopped)
     summary = summarize(records, task)
@@ -660,7 +669,7 @@ def _finetune(args, config) -> int:
             "Rerun the same command to resume.",
             flush=True,
         )
-        return cli.EXIT_INTERRUPTED if result.stopped.signal == signal.SIGINT else 0
+        return result.stopped.exit_code
     return 0
 
 

@@ -12,6 +12,7 @@ checked finite, so no checkpoint holds a NaN state.
 from __future__ import annotations
 
 import dataclasses
+import signal as signal_lib
 from typing import Any, Callable, Iterator
 
 import jax
@@ -39,16 +40,25 @@ class Result:
     state: Any
     last_step: int  # the last step done (< total_steps when preempted or data ran out)
     preempted_at: int | None = None  # the step checkpointed on a stop request
-    signal: int | None = None  # the signal that asked for the stop (single-process runs)
+    signal: int | None = None  # the signal this process received (None: the cluster's notice)
     data_exhausted: bool = False
+
+    @property
+    def exit_code(self) -> int | None:
+        """The shell's code for a stopped run, 128 + signal: 130 after Ctrl-C, 143 after
+        SIGTERM or a preemption notice from the cluster; None when the run was not stopped."""
+        if self.preempted_at is None:
+            return None
+        return 128 + int(self.signal if self.signal is not None else signal_lib.SIGTERM)
 
 
 def stop_requested(stop: checkpointing.StopSignal | None, ckpt, step: int) -> bool:
     """SIGTERM/SIGINT in a single-process run; in multi-host runs, a preemption notice that
-    every host has reached at this step (so all of them checkpoint the same step)."""
-    if stop is not None:
-        return stop.requested
-    return ckpt is not None and ckpt.reached_preemption(step)
+    every host has reached at this step (so all of them checkpoint the same step; Ctrl-C
+    reaches it too, see ``checkpointing.stop_signal``)."""
+    if jax.process_count() > 1:
+        return ckpt is not None and ckpt.reached_preemption(step)
+    return stop is not None and stop.requested
 
 
 def run(
@@ -127,7 +137,8 @@ def run(
         if preempted:
             if checkpointer is not None:
                 checkpointer.wait()
-            return Result(state, step, preempted_at=step, signal=getattr(stop, "signal", None))
+            received = stop.received if stop is not None else None
+            return Result(state, step, preempted_at=step, signal=received)
         if (
             evaluate is not None
             and cadence.eval_every

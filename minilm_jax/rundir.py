@@ -19,8 +19,10 @@ student). It guarantees, in this order (docs/run_directory.md has the user's vie
    compared with it (both flattened to dotted names) *before* anything is written. Fields
    outside ``SAFE_FIELDS`` (teacher, layer, relations, heads, shapes, lengths, batch, dtype,
    seed, optimizer, data...) refuse the start, listing each differing field as old -> new;
-   fields in ``SAFE_FIELDS`` are accepted. Every start appends one JSON line to
-   ``HISTORY_FILE`` (time, kind, whether it resumed, the changed fields as [old, new]).
+   fields in ``SAFE_FIELDS`` are accepted. A folder that holds nothing but the claim's own
+   files (a start that failed on bad input before writing anything) accepts any config: there
+   is no run to mix with. Every start appends one JSON line to ``HISTORY_FILE`` (time, kind,
+   whether it resumed, the changed fields as [old, new]).
 
 Multi-host runs: only process 0 touches the files; its decision (or its one-line error) is
 broadcast to every process with ``jax.experimental.multihost_utils``, so every host returns
@@ -124,17 +126,25 @@ def claim(
     config: Any,
     *,
     kind: str,
+    holds_runs: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[Claim]:
     """Claims ``workdir`` for a run of ``kind`` with ``config`` for the ``with`` block.
 
-    ``config``: an ``ml_collections.ConfigDict`` or a nested dict. ``process_index`` /
+    ``config``: an ``ml_collections.ConfigDict`` or a nested dict. ``holds_runs``: the folder
+    is a sweep's root, whose points are run directories of their own; an unmarked folder that
+    holds only run directories (points run as separate jobs) is adopted. ``process_index`` /
     ``process_count`` default to JAX's (multi-host runs); pass 0 / 1 to stay off JAX.
     Raises ``RunDirError`` (one line) when the folder is not this run's to use.
     """
     run = acquire(
-        workdir, config, kind=kind, process_index=process_index, process_count=process_count
+        workdir,
+        config,
+        kind=kind,
+        holds_runs=holds_runs,
+        process_index=process_index,
+        process_count=process_count,
     )
     try:
         yield run
@@ -147,6 +157,7 @@ def acquire(
     config: Any,
     *,
     kind: str,
+    holds_runs: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Claim:
@@ -162,7 +173,7 @@ def acquire(
     run = None
     if process_index == 0:
         try:
-            run = _claim_here(workdir, new, kind)
+            run = _claim_here(workdir, new, kind, holds_runs)
             outcome: dict[str, Any] = {"resumed": run.resumed, "changed": run.changed}
         except RunDirError as e:
             outcome = {"error": str(e)}
@@ -271,20 +282,23 @@ def _refusal(workdir: str, unsafe: dict[str, list[Any]]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _claim_here(workdir: str, new: dict[str, Any], kind: str) -> Claim:
-    marked = _check_folder(workdir, kind)
+def _claim_here(workdir: str, new: dict[str, Any], kind: str, holds_runs: bool) -> Claim:
+    marked = _check_folder(workdir, kind, holds_runs)
     lock = _acquire_lock(workdir, kind)
     try:
         if not marked:
-            _check_folder(workdir, kind)  # another claim may have marked it meanwhile
+            _check_folder(workdir, kind, holds_runs)  # another claim may have marked it meanwhile
             _write_json(os.path.join(workdir, MARKER_FILE), _marker(kind))
         config_path = os.path.join(workdir, CONFIG_FILE)
         old = _read_saved_config(config_path)
         resumed = old is not None
         changed = config_changes(old, new) if resumed else {}
         unsafe = {name: values for name, values in changed.items() if not is_safe_field(name)}
-        if unsafe:
+        if unsafe and _holds_results(workdir):
             raise RunDirError(_refusal(workdir, unsafe))
+        # A start that failed before writing anything (bad corpus, bad weights) left only its
+        # config: there is nothing to mix, so the corrected config starts the run afresh.
+        resumed = resumed and not unsafe
         # Only now, with the lock held and the config accepted, is anything written.
         _write_json(config_path, unflatten_config(new))
         _append_history(workdir, kind, resumed, changed)
@@ -293,16 +307,18 @@ def _claim_here(workdir: str, new: dict[str, Any], kind: str) -> Claim:
         raise
     if changed:
         logging.info(
-            "%s: resuming with changed fields: %s",
+            "%s: %s with changed fields: %s",
             workdir,
+            "resuming" if resumed else "starting afresh (the previous start wrote nothing)",
             ", ".join(f"{n} {_show(o)} -> {_show(v)}" for n, (o, v) in changed.items()),
         )
     return Claim(workdir, kind, resumed, changed, is_main=True, _lock=lock)
 
 
-def _check_folder(workdir: str, kind: str) -> bool:
+def _check_folder(workdir: str, kind: str, holds_runs: bool = False) -> bool:
     """True when ``workdir`` is already a run directory of ``kind``; False when it is missing
-    (then created) or empty. Raises RunDirError for anything else."""
+    (then created), empty, or (``holds_runs``) holds only run directories. Raises RunDirError
+    for anything else."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise RunDirError(f"workdir {workdir} is a file, not a folder: choose a folder path")
     try:
@@ -324,6 +340,8 @@ def _check_folder(workdir: str, kind: str) -> bool:
                 "own --workdir"
             )
         return True
+    if holds_runs and all(_is_run_directory(os.path.join(workdir, e)) for e in entries):
+        return False
     if entries:
         shown = ", ".join(entries[:5]) + (
             f" and {len(entries) - 5} more" if len(entries) > 5 else ""
@@ -332,6 +350,21 @@ def _check_folder(workdir: str, kind: str) -> bool:
             f"workdir {workdir} is not empty and is not a minilm_jax run directory (it holds "
             f"{shown}; no {MARKER_FILE}): nothing was written. Choose a new or empty folder"
         )
+    return False
+
+
+def _is_run_directory(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MARKER_FILE))
+
+
+def _holds_results(workdir: str) -> bool:
+    """Whether ``workdir`` holds any file besides the claim's own (marker, lock, config,
+    history): a checkpoint, metrics, a finished point. Empty folders do not count."""
+    own = (MARKER_FILE, CONFIG_FILE, HISTORY_FILE, CONFIG_FILE + ".tmp.*", *_OWN_FILES)
+    for root, _, files in os.walk(workdir):
+        for name in files:
+            if root != workdir or not any(fnmatch.fnmatchcase(name, p) for p in own):
+                return True
     return False
 
 
@@ -362,7 +395,8 @@ def _read_saved_config(path: str) -> dict[str, Any] | None:
     except (json.JSONDecodeError, TypeError) as e:
         raise RunDirError(
             f"{path} is not a valid saved config ({e}): the run cannot be checked for "
-            "changes. Start a fresh run with a new --workdir"
+            "changes. Start a fresh run with a new --workdir (or delete that file to resume "
+            "without the check)"
         ) from e
 
 

@@ -16,6 +16,15 @@ is then fine-tuned on each task (the task's experiment file next to the ablation
 default grid) in ``WORKDIR/NAME/eval/TASK``. ``WORKDIR/summary.md`` tabulates the points: the
 held-out losses, and the tasks' dev scores (mean over seeds at the best learning rate and
 epochs) as the paper's ablation tables do. ``--config.*`` overrides apply to every point.
+
+Run directories nest (docs/run_directory.md): ``WORKDIR`` is a run directory of kind
+``sweep`` (claimed for the whole sweep; its config is the experiment's base config plus
+``sweep.experiment`` and ``sweep.evaluate``); each point's ``WORKDIR/NAME`` is a ``distill``
+run directory of its own, claimed by ``train.train_and_evaluate`` (its own lock and config
+check, as if started alone, which is what each job of ``--print_only`` does); each
+``WORKDIR/NAME/eval/TASK`` is a ``finetune`` run directory claimed by ``finetune.run_sweep``.
+An unmarked ``WORKDIR`` that holds only run directories (points that ran as separate jobs)
+is adopted. A stopped point stops the sweep with its exit code (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 
-from minilm_jax import cli, configs
+from minilm_jax import cli, configs, rundir
 
 RESULTS_FILE = "results.jsonl"
 
@@ -120,12 +129,6 @@ class Runner:
 # ---------------------------------------------------------------------------------------------
 # Writing configs and summaries.
 # ---------------------------------------------------------------------------------------------
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def write_summary(workdir: str, summary: Any, markdown: str) -> None:
@@ -308,8 +311,6 @@ def _eval_result(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_distillation_sweep(args, base_config: ml_collections.ConfigDict) -> int:
-    from minilm_jax import finetune, train  # imports JAX
-
     root = os.path.abspath(args.workdir)
     points = sweep_points(args.config)
     tasks = [t for t in (args.evaluate or "").split(",") if t]
@@ -320,7 +321,6 @@ def run_distillation_sweep(args, base_config: ml_collections.ConfigDict) -> int:
         for job in job_graph(args.config, root, points, passthrough, evals):
             print(json.dumps(job))
         return 0
-    runner = Runner(root, log=lambda s: print(s, flush=True))
     sweep_points_ = [
         Point(
             name,
@@ -329,15 +329,44 @@ def run_distillation_sweep(args, base_config: ml_collections.ConfigDict) -> int:
         for name, overrides in points
     ]
     configs_by_name = {name: point_config(base_config, o) for name, o in points}
-    runner.check(sweep_points_)
+    Runner(root).check(sweep_points_)  # read-only: before the root is claimed
+    from minilm_jax import parallel  # imports JAX
+
+    parallel.initialize_distributed(base_config.get("distributed"))  # the claim asks JAX
+    identity = {
+        **base_config.to_dict(),
+        "sweep": {"experiment": _experiment_id(args.config), "evaluate": list(evals)},
+    }
+    with rundir.claim(root, identity, kind="sweep", holds_runs=True):
+        return _run_points(
+            Runner(root, log=lambda s: print(s, flush=True)),
+            sweep_points_,
+            configs_by_name,
+            evals,
+            tasks,
+            root,
+        )
+
+
+def _experiment_id(config_spec: str) -> str:
+    """The sweep's experiment as ``/abs/path.py:ARGS`` (the same however it was typed)."""
+    path, colon, arg = config_spec.partition(":")
+    return os.path.realpath(path) + colon + arg
+
+
+def _run_points(runner, sweep_points_, configs_by_name, evals, tasks, root) -> int:
+    import jax
+
+    from minilm_jax import finetune, train
+
     stopped = {}
 
     def run_point(point: Point) -> dict[str, Any] | None:
         workdir = os.path.join(root, point.name)
         summary = train.train_and_evaluate(configs_by_name[point.name], workdir)
-        if summary.get("preempted_at"):
+        if summary.get("preempted_at") is not None:
             stopped.update(
-                name=point.name, step=summary["preempted_at"], signal=summary.get("signal")
+                name=point.name, step=summary["preempted_at"], exit_code=summary["exit_code"]
             )
             return None
         end, start = summary.get("eval_end") or {}, summary.get("eval_start") or {}
@@ -358,7 +387,7 @@ def run_distillation_sweep(args, base_config: ml_collections.ConfigDict) -> int:
                 stopped.update(
                     name=f"{point.name}/eval/{task}",
                     step=out.stopped.preempted_at,
-                    signal=out.stopped.signal,
+                    exit_code=out.stopped.exit_code,
                 )
                 return None
             result["eval"][task] = _eval_result(out.summary)
@@ -371,12 +400,11 @@ def run_distillation_sweep(args, base_config: ml_collections.ConfigDict) -> int:
             "(checkpoint saved); rerun the same command to resume.",
             flush=True,
         )
-        import signal
-
-        return cli.EXIT_INTERRUPTED if stopped.get("signal") == signal.SIGINT else cli.EXIT_STOPPED
+        return stopped["exit_code"]
     header, rows = summary_rows(results, tasks)
     markdown = markdown_table(header, rows)
-    write_summary(root, results, markdown)
+    if jax.process_index() == 0:
+        write_summary(root, results, markdown)
     print(markdown)
     print(f"Summary written to {os.path.join(root, 'summary.md')}", flush=True)
     return 0

@@ -5,12 +5,14 @@ built from configs alone (``build_step``: no weights read, so the compile-only c
 benchmarks use exactly what training runs) -> setting up a run (weights on the mesh) -> the
 loop (the shared ``loop.run``: resume, log, evaluate, checkpoint) -> export.
 
-Resume order: a checkpoint in ``workdir/checkpoints`` wins; otherwise the student is
-initialised (randomly, as in the paper, or from teacher layers).
+Resume order: the newest checkpoint in ``workdir/checkpoints`` that restores wins (a damaged
+newer one is set aside with a warning); otherwise the student is initialised (randomly, as in
+the paper, or from teacher layers). The workdir is a run directory (docs/run_directory.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -26,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from minilm_jax import checkpointing, data, hf, loop, metrics, models, optim, parallel, relations
-from minilm_jax import steps
+from minilm_jax import rundir, steps
 from minilm_jax.configs import check_positive, fail
 from minilm_jax.loop import TrainingError  # noqa: F401  (part of this module's API)
 from minilm_jax.models.transformer import DTYPES, TransformerConfig, student_config
@@ -40,6 +42,10 @@ STUDENT_INITS = ("random", "teacher")
 
 
 def teacher_path(config: ml_collections.ConfigDict) -> str:
+    if not isinstance(config.teacher.path, str):  # --config.teacher.path=None
+        fail(
+            "teacher.path", config.teacher.path, "set it to a local Hugging Face checkpoint folder"
+        )
     return os.path.expanduser(config.teacher.path)
 
 
@@ -510,12 +516,6 @@ def next_train_batch(train_iter, mesh) -> dict[str, jax.Array]:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_config(config, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-
 def sync_hosts(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -525,59 +525,76 @@ def sync_hosts(name: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils the teacher into a fresh (or resumed) student; returns a summary dict with
-    the held-out losses at the start and end and the path of the exported student."""
-    workdir = os.path.abspath(workdir)
+    the held-out losses at the start and end and the path of the exported student.
+
+    The config is validated first; then ``workdir`` is claimed (``rundir.claim``: a run
+    directory of this run only, one writer at a time, a resumed run's config checked against
+    the saved one; docs/run_directory.md), before anything is written into it. A run stopped
+    by a signal checkpoints the current step and returns early: the summary then holds
+    ``preempted_at``, ``signal`` and ``exit_code`` (130 after Ctrl-C, 143 after SIGTERM).
+    """
     parallel.initialize_distributed(config.distributed)
     validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
+    with rundir.claim(workdir, config, kind="distill") as claimed:
+        return _train(config, claimed.workdir)
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup_run(config)
     mesh, teacher_params, state = run.mesh, run.teacher_params, run.state
-    train_iter, eval_batches_fn = make_data(
-        config,
-        run.tokenizer,
-        run.teacher_cfg.family,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        keep=config.keep_checkpoints,
-        use_async=config.async_checkpoints,
-    )
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, checkpointing.abstract_like(state), train_iter)
-        if jax.process_index() == 0:
-            print(f"Resumed from step {latest} ({ckpt.directory})", flush=True)
-    start_step = int(jax.device_get(state.step))
+    # Everything opened here is closed on every way out (an error, a signal, the end), in
+    # reverse order; the data iterator last but always: a Grain prefetch thread still
+    # running when Python exits aborts the process.
+    with contextlib.ExitStack() as cleanup:
+        train_iter, eval_batches_fn = make_data(
+            config,
+            run.tokenizer,
+            run.teacher_cfg.family,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        cleanup.callback(train_iter.close)
+        ckpt = checkpointing.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            keep=config.keep_checkpoints,
+            use_async=config.async_checkpoints,
+        )
+        cleanup.callback(ckpt.close)
+        cleanup.callback(ckpt.wait)
+        # The newest checkpoint that restores; a damaged newer one is set aside (one warning).
+        restored = ckpt.restore_latest(checkpointing.abstract_like(state), train_iter)
+        if restored is not None:
+            latest, state = restored
+            if jax.process_index() == 0:
+                print(f"Resumed from step {latest} ({ckpt.directory})", flush=True)
+        start_step = int(jax.device_get(state.step))
 
-    writer = metrics.MetricWriter(workdir, resume_step=start_step if latest is not None else None)
-    # Multi-host: JAX's own preemption notifier (started by jax.distributed.initialize)
-    # handles SIGTERM and makes every host agree on the step; a Python handler would
-    # replace it, so one is installed only for single-process runs.
-    stop = checkpointing.StopSignal() if jax.process_count() == 1 else None
-    summary: dict[str, Any] = {"workdir": workdir, "start_step": start_step}
+        writer = metrics.MetricWriter(
+            workdir, resume_step=start_step if restored is not None else None
+        )
+        cleanup.callback(writer.close)
+        summary: dict[str, Any] = {"workdir": workdir, "start_step": start_step}
 
-    def run_eval(params, step: int) -> dict[str, float] | None:
-        if eval_batches_fn is None:  # data.eval_every_kth_document = 0: no held-out split
-            return None
-        result = evaluate(run.step.eval_fn, params, teacher_params, eval_batches_fn(), mesh)
-        writer.write(step, result, kind="eval")
-        if jax.process_index() == 0:
-            per = " ".join(
-                f"{k.removeprefix('loss/')} {v:.4f}" for k, v in result.items() if k != "loss"
-            )
-            print(f"eval step {step}: held-out loss {result['loss']:.4f} ({per})", flush=True)
-        return result
+        def run_eval(params, step: int) -> dict[str, float] | None:
+            if eval_batches_fn is None:  # data.eval_every_kth_document = 0: no held-out split
+                return None
+            result = evaluate(run.step.eval_fn, params, teacher_params, eval_batches_fn(), mesh)
+            writer.write(step, result, kind="eval")
+            if jax.process_index() == 0:
+                per = " ".join(
+                    f"{k.removeprefix('loss/')} {v:.4f}" for k, v in result.items() if k != "loss"
+                )
+                print(f"eval step {step}: held-out loss {result['loss']:.4f} ({per})", flush=True)
+            return result
 
-    if start_step == 0 and config.eval_at_start:
-        summary["eval_start"] = run_eval(state.params, 0)
-    elif latest is not None:
-        summary["eval_start"] = _logged_eval(workdir, step=0)  # from before the restart
+        if start_step == 0 and config.eval_at_start:
+            summary["eval_start"] = run_eval(state.params, 0)
+        elif restored is not None:
+            summary["eval_start"] = _logged_eval(workdir, step=0)  # from before the restart
 
-    try:
+        # Ctrl-C and SIGTERM: checkpoint the current step, then stop (checkpointing.stop_signal
+        # for multi-host runs, where JAX's preemption service makes every host agree).
+        stop = cleanup.enter_context(checkpointing.stop_signal())
         result = loop.run(
             lambda s, b: run.step.train_fn(s, b, run.step.schedule, teacher_params),
             state,
@@ -603,20 +620,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if result.preempted_at is not None:
             summary["preempted_at"] = result.preempted_at
             summary["signal"] = result.signal
+            summary["exit_code"] = result.exit_code
             if jax.process_index() == 0:
                 print(
-                    f"Stopped at step {result.preempted_at} on request; checkpoint saved.",
+                    f"Stopped at step {result.preempted_at} on request; checkpoint saved. "
+                    "Rerun the same command to resume.",
                     flush=True,
                 )
             return summary
         summary["eval_end"] = run_eval(state.params, result.last_step)
-    finally:
-        train_iter.close()  # stops Grain's prefetch thread
-        if stop is not None:
-            stop.restore_handlers()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
     summary["last_checkpoint"] = result.last_step
 
     # Replicated arrays: this host's first shard is the whole value, even in multi-host runs.

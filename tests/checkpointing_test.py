@@ -256,3 +256,32 @@ def test_sigterm_sets_the_flag_and_handlers_are_restored():
             time.sleep(0.01)
         assert stop.requested and stop.received == signal.SIGTERM and stop.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_multi_host_ctrl_c_is_forwarded_once():
+    """Multi-host runs hand Ctrl-C to JAX's preemption service as SIGTERM (here SIGUSR1
+    stands in for it): the first SIGINT is recorded and forwarded; the exit code is Ctrl-C's."""
+    forwarded = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: forwarded.append(signum))
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with checkpointing.StopSignal(signals=(signal.SIGINT,), forward=signal.SIGUSR1) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 10
+            while not forwarded and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stop.received == signal.SIGINT and stop.exit_code == 130
+            assert forwarded == [signal.SIGUSR1]
+            assert signal.getsignal(signal.SIGTERM) == sigterm  # left to JAX's handler
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_stopped_loop_exits_with_the_signals_code():
+    from minilm_jax import loop
+
+    assert loop.Result(None, 6).exit_code is None  # finished
+    assert loop.Result(None, 4, preempted_at=4, signal=signal.SIGINT).exit_code == 130
+    assert loop.Result(None, 4, preempted_at=4, signal=signal.SIGTERM).exit_code == 143
+    # Stopped by the cluster's preemption notice (multi-host), no signal of this process.
+    assert loop.Result(None, 4, preempted_at=4).exit_code == 143

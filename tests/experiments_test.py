@@ -163,7 +163,7 @@ def test_sweep_of_two_configs_runs_and_summarises(tmp_path):
         assert row["held_out_end"] == pytest.approx(run["eval_end"]["loss"])
         assert row["held_out_start"] == pytest.approx(run["eval_start"]["loss"])
         assert set(row["per_relation_end"]) == {"qq", "kk", "vv"}
-    resolved = json.loads((root / "layer-3" / "config.json").read_text())
+    resolved = json.loads((root / "layer-3" / "run_config.json").read_text())
     assert resolved["teacher"]["layer"] == 3 and resolved["total_steps"] == 3
     table = (root / "summary.md").read_text()
     assert "| heads-2 |" in table and "| layer-3 |" in table

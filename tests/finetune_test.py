@@ -452,7 +452,7 @@ def test_sst2_end_to_end_metrics_match_sklearn(sst2_sweep):
     )
     np.testing.assert_array_equal(saved["validation/labels"], labels)
     for name in (
-        "config.json",
+        "run_config.json",
         "summary.json",
         "summary.md",
         "runs/lr0.001_ep1_seed0/metrics.jsonl",

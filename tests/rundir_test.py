@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 import pytest
+import run_fixtures
 
 from minilm_jax import configs, hf, rundir, tiny
 
@@ -61,8 +62,8 @@ def one_line(error):
 
 def test_model_folder_is_refused_and_still_loads(tmp_path):
     model = str(tmp_path / "teacher")
-    tiny.write_tiny_teacher(
-        "bert", model, ["a few words of text"] * 8, **configs.SMOKE_TEACHER, vocab_size=64
+    tiny.write_tiny_model(
+        "bert", model, ["a few words of text"] * 8, **tiny.SMOKE_TEACHER, vocab_size=64
     )
     before = snapshot(model)
     with pytest.raises(rundir.RunDirError) as error:
@@ -74,7 +75,7 @@ def test_model_folder_is_refused_and_still_loads(tmp_path):
     assert "nothing was written" in message
     assert snapshot(model) == before  # not one file added, removed or changed
     cfg, _ = hf.load_pretrained(model)
-    assert cfg.num_layers == configs.SMOKE_TEACHER["num_layers"]
+    assert cfg.num_layers == tiny.SMOKE_TEACHER["num_layers"]
 
 
 def test_new_and_empty_folders_are_created_marked_and_resumed(tmp_path):
@@ -213,6 +214,8 @@ def test_lock_from_another_host_is_refused(tmp_path):
 def test_unsafe_change_is_refused_and_the_saved_config_kept(tmp_path):
     workdir = str(tmp_path / "run")
     rundir.acquire(workdir, distill_config(), kind="distill", **SINGLE).release()
+    os.makedirs(os.path.join(workdir, "checkpoints", "2"))
+    (tmp_path / "run" / "checkpoints" / "2" / "state").write_text("the old run's state")
     before = snapshot(workdir)
     changed = distill_config(**{"teacher.layer": 10, "max_len": 256, "total_steps": 10})
     with pytest.raises(rundir.RunDirError) as error:
@@ -222,6 +225,39 @@ def test_unsafe_change_is_refused_and_the_saved_config_kept(tmp_path):
     assert "total_steps" not in message  # safe fields are not the problem
     assert "Start a fresh run with a new --workdir" in message
     assert snapshot(workdir) == before  # config, marker and history untouched, no lock left
+
+
+def test_a_start_that_wrote_nothing_takes_a_corrected_config(tmp_path):
+    """A start that failed on bad input after its claim (a corpus that is not text, damaged
+    teacher weights) left only the claim's files: a corrected config is no change of a run."""
+    workdir = str(tmp_path / "run")
+    rundir.acquire(workdir, distill_config(), kind="distill", **SINGLE).release()
+    os.makedirs(os.path.join(workdir, "checkpoints"))  # an empty folder holds no result
+    fixed = distill_config(**{"data.text_files": "corpus/*.txt"})
+    with rundir.claim(workdir, fixed, kind="distill", **SINGLE) as run:
+        assert not run.resumed and run.changed == {"data.text_files": ["", "corpus/*.txt"]}
+    with open(os.path.join(workdir, rundir.CONFIG_FILE)) as f:
+        assert json.load(f)["data"]["text_files"] == "corpus/*.txt"
+    assert [h["resumed"] for h in read_history(workdir)] == [False, False]
+
+
+def test_a_sweep_root_of_separately_run_points_is_adopted(tmp_path):
+    """Points run as separate jobs (``minilm_jax.sweep --print_only``) leave an unmarked root
+    that holds only run directories: the sweep may claim it; any other content is refused,
+    and a distillation run never adopts such a folder."""
+    root = tmp_path / "sweep"
+    for name in ("heads-2", "layer-3"):
+        rundir.acquire(str(root / name), distill_config(), kind="distill", **SINGLE).release()
+    with pytest.raises(rundir.RunDirError, match="is not empty and is not a minilm_jax run"):
+        rundir.acquire(str(root), {"seed": 0}, kind="distill", **SINGLE)
+    with rundir.claim(str(root), {"seed": 0}, kind="sweep", holds_runs=True, **SINGLE) as run:
+        assert not run.resumed
+    assert os.path.isfile(root / rundir.MARKER_FILE)
+    other = tmp_path / "other"
+    rundir.acquire(str(other / "layer-3"), distill_config(), kind="distill", **SINGLE).release()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(rundir.RunDirError, match=r"it holds layer-3, notes.txt"):
+        rundir.acquire(str(other), {"seed": 0}, kind="sweep", holds_runs=True, **SINGLE)
 
 
 def test_safe_change_is_accepted_and_recorded(tmp_path):
@@ -313,3 +349,328 @@ def test_two_processes_share_process_zeros_decision(tmp_path):
     assert main[1:] == [[False, True], [True, True]]
     assert other[1:] == [[False, False], [True, False]]
     assert len(read_history(fresh)) == 2  # written by process 0 only
+
+
+# --------------------------------------------------------------------------- through the CLIs
+# What a user does with `python -m minilm_jax.main` (and .finetune, .sweep): the same smoke run
+# (run_fixtures.distill_argv), run once and copied for each test that starts it again.
+
+
+def _run_main(argv):
+    """``python -m minilm_jax.main ARGV`` in this process; returns the exit code."""
+    from minilm_jax import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(list(argv))
+    return exit_info.value.code or 0
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """(workdir, corpus) of a finished 6-step smoke distillation: checkpoints 2, 4 and 6."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    corpus = run_fixtures.write_corpus(tmp)
+    workdir = tmp / "run"
+    assert _run_main(run_fixtures.distill_argv(workdir, corpus)) == 0
+    assert run_fixtures.checkpoint_steps(workdir) == [2, 4, 6]
+    return workdir, corpus
+
+
+def _copy_run(smoke_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], workdir)
+    return workdir
+
+
+def _train_losses(workdir):
+    from minilm_jax import metrics
+
+    records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def test_cli_damaged_latest_checkpoint_falls_back_and_training_goes_on(
+    smoke_run, tmp_path, capsys, caplog
+):
+    """The newest checkpoint lost a file: the rerun resumes from the one before (one warning
+    naming both steps), and steps 5 and 6 repeat the uninterrupted run's losses and state."""
+    import numpy as np
+
+    from minilm_jax import checkpointing, main
+
+    workdir = _copy_run(smoke_run, tmp_path)
+    run_fixtures.damage_checkpoint(workdir, 6)
+    with caplog.at_level(logging.WARNING):
+        code, out, err = run_fixtures.run_in_process(
+            main.main, run_fixtures.distill_argv(workdir, smoke_run[1]), capsys
+        )
+    assert code == 0, err[-3000:]
+    assert f"Resumed from step 4 ({workdir}/checkpoints)" in out
+    warnings = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith(
+        f"Checkpoint step 6 in {workdir}/checkpoints cannot be restored (step 6: the state "
+        "cannot be read ("
+    )
+    assert warnings[0].endswith(
+        f"resuming from step 4, the newest intact one (moved aside: "
+        f"{workdir}/checkpoints/6.damaged)."
+    )
+    assert run_fixtures.checkpoint_steps(workdir) == [2, 4, 6]
+    losses, reference = _train_losses(workdir), _train_losses(smoke_run[0])
+    assert sorted(losses) == list(range(1, 7))
+    np.testing.assert_allclose(
+        [losses[s] for s in (5, 6)], [reference[s] for s in (5, 6)], rtol=1e-6
+    )
+    resumed = checkpointing.read_state(os.path.join(workdir, "checkpoints"))
+    uninterrupted = checkpointing.read_state(os.path.join(smoke_run[0], "checkpoints"))
+    assert int(resumed["step"]) == int(uninterrupted["step"]) == 6
+    for a, b in zip(
+        jax_leaves(resumed["params"]), jax_leaves(uninterrupted["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_cli_no_restorable_checkpoint_is_one_line_and_moves_nothing(smoke_run, tmp_path, capsys):
+    from minilm_jax import main
+
+    workdir = _copy_run(smoke_run, tmp_path)
+    for step in (2, 4, 6):
+        run_fixtures.damage_checkpoint(workdir, step)
+    before = snapshot(workdir)
+    code, _, err = run_fixtures.run_in_process(
+        main.main, run_fixtures.distill_argv(workdir, smoke_run[1]), capsys
+    )
+    assert code == 2
+    line = run_fixtures.error_line(err)
+    assert line.startswith(
+        f"error: no checkpoint in {workdir}/checkpoints can be restored (step 6: "
+    )
+    assert "; step 4: " in line and "; step 2: " in line
+    assert line.endswith("Start a fresh run with a new --workdir, or move that folder aside")
+    after = snapshot(workdir)
+    history = after.pop(rundir.HISTORY_FILE)  # the start is recorded; nothing else changed
+    assert history != before.pop(rundir.HISTORY_FILE) and after == before
+
+
+def test_cli_unsafe_change_is_refused_and_the_run_kept(smoke_run, tmp_path, capsys):
+    from minilm_jax import main
+
+    workdir = _copy_run(smoke_run, tmp_path)
+    before = snapshot(workdir)
+    argv = run_fixtures.distill_argv(
+        workdir, smoke_run[1], "--config.max_len=16", "--config.seed=1", "--config.total_steps=8"
+    )
+    code, _, err = run_fixtures.run_in_process(main.main, argv, capsys)
+    assert code == 2
+    assert run_fixtures.error_line(err) == (
+        f"error: {workdir} holds a run whose config differs in fields that change what is "
+        "trained (max_len 32 -> 16; seed 0 -> 1): resuming would mix two runs. Start a fresh "
+        "run with a new --workdir, or restore those values to resume (only fields in "
+        "minilm_jax.rundir.SAFE_FIELDS may change; the saved config is run_config.json)"
+    )
+    assert snapshot(workdir) == before  # config, history, checkpoints, metrics: as they were
+
+
+def test_cli_safe_change_is_accepted_and_recorded(smoke_run, tmp_path, capsys):
+    from minilm_jax import main
+
+    workdir = _copy_run(smoke_run, tmp_path)
+    argv = run_fixtures.distill_argv(workdir, smoke_run[1], "--config.total_steps=8")
+    code, out, err = run_fixtures.run_in_process(main.main, argv, capsys)
+    assert code == 0, err[-3000:]
+    assert "Resumed from step 6" in out and "step 8/8" in out
+    assert run_fixtures.checkpoint_steps(workdir) == [4, 6, 8]
+    with open(os.path.join(workdir, rundir.CONFIG_FILE)) as f:
+        assert json.load(f)["total_steps"] == 8
+    history = read_history(workdir)
+    assert [(h["resumed"], h["changed"]) for h in history] == [
+        (False, {}),
+        (True, {"total_steps": [6, 8]}),
+    ]
+
+
+def test_cli_two_runs_in_one_workdir_one_is_refused_the_other_finishes(tmp_path, capsys):
+    """Run A holds the workdir (paused mid-run, so the timing cannot decide); run B, started
+    in it, is refused naming both processes and writes nothing; A then finishes with a
+    checkpoint that restores."""
+    import numpy as np
+
+    from minilm_jax import checkpointing, main
+
+    corpus = run_fixtures.write_corpus(tmp_path)
+    workdir = tmp_path / "run"
+    argv = run_fixtures.distill_argv(workdir, corpus)
+    first = run_fixtures.start_cli("minilm_jax.main", argv)
+    try:
+        for line in first.stdout:  # the first progress line: A is inside its loop
+            if line.startswith("step 1/6"):
+                break
+        first.send_signal(signal.SIGSTOP)
+        before = snapshot(workdir)
+        code, _, err = run_fixtures.run_in_process(main.main, argv, capsys)
+        first.send_signal(signal.SIGCONT)
+        assert code == 2
+        assert run_fixtures.error_line(err).startswith(
+            f"error: workdir {workdir} is in use by process {first.pid} on this host (since "
+        )
+        assert f"this is process {os.getpid()} on host {socket.gethostname()}" in err
+        assert snapshot(workdir).keys() >= before.keys()  # B removed nothing of A's
+        first_out, first_err = first.communicate(timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, first_err[-3000:]
+    assert "step 6/6" in first_out
+    state = checkpointing.read_state(str(workdir / "checkpoints"))
+    assert int(state["step"]) == 6
+    assert all(np.isfinite(x).all() for x in jax_leaves(state["params"]))
+    assert [h["pid"] for h in read_history(workdir)] == [first.pid]  # B's start: not recorded
+    assert not os.path.exists(workdir / rundir.LOCK_FILE)
+
+
+def test_cli_ctrl_c_checkpoints_the_current_step_and_exits_130(tmp_path):
+    """Ctrl-C (SIGINT) in the middle of a run: the step under way is finished and
+    checkpointed, the process exits 130 without a traceback, and the checkpoint holds that
+    step's state and data position."""
+    import numpy as np
+
+    from minilm_jax import checkpointing
+
+    corpus = run_fixtures.write_corpus(tmp_path)
+    workdir = tmp_path / "run"
+    argv = run_fixtures.distill_argv(
+        workdir, corpus, "--config.total_steps=100000", "--config.checkpoint_every=100000"
+    )
+    run = run_fixtures.start_cli("minilm_jax.main", argv)
+    try:
+        for line in run.stdout:
+            if line.startswith("step 3/"):
+                break
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert "Received SIGINT: checkpointing at the next step" in err
+    (stopped,) = [line for line in out.splitlines() if line.startswith("Stopped at step ")]
+    step = int(stopped.split()[3])
+    assert step >= 3
+    assert run_fixtures.checkpoint_steps(workdir) == [step]
+    assert max(_train_losses(workdir)) == step  # every step up to it logged, none after
+    state = checkpointing.read_state(str(workdir / "checkpoints"))
+    assert int(state["step"]) == step
+    assert all(np.isfinite(x).all() for x in jax_leaves(state["params"]))
+    assert not os.path.exists(workdir / rundir.LOCK_FILE)
+
+
+def _mock_tfds():
+    import tensorflow_datasets as tfds
+
+    return tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE)
+
+
+def _signal_at_call(monkeypatch, module, name, call, signum):
+    """Makes the ``call``-th call of ``module.name`` send ``signum`` to this process first
+    (the user's Ctrl-C arriving during that training step)."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_cli_fine_tuning_ctrl_c_then_a_damaged_checkpoint(tmp_path, capsys, caplog, monkeypatch):
+    """Fine-tuning (one run of 3 steps, a checkpoint after each): Ctrl-C during step 2 stops
+    the sweep with exit 130 and a checkpoint of step 2. With that checkpoint damaged, the
+    rerun falls back to step 1 and finishes the run (that a resumed run repeats the
+    uninterrupted one is finetune_test's test_a_stopped_run_resumes_where_it_stopped)."""
+    from minilm_jax import finetune
+
+    def argv(workdir):
+        return [
+            "--config",
+            f"{run_fixtures.GLUE}:smoke,task=rte",
+            "--workdir",
+            str(workdir),
+            "--config.sweep.learning_rates=(0.001,)",
+            "--config.checkpoint_every=1",
+        ]
+
+    run_dir = tmp_path / "part" / "runs" / "lr0.001_ep1_seed0"
+    with _mock_tfds():
+        with monkeypatch.context() as patch:
+            _signal_at_call(patch, finetune.parallel, "to_global", 2, signal.SIGINT)
+            code, out, err = run_fixtures.run_in_process(
+                finetune.main, argv(tmp_path / "part"), capsys
+            )
+        assert code == 130, err[-3000:]
+        assert "Stopped at step 2 on request; checkpoint saved." in out
+        assert "Traceback" not in err
+        assert run_fixtures.checkpoint_steps(run_dir) == [1, 2]
+        assert not os.path.exists(tmp_path / "part" / "results.jsonl")
+        run_fixtures.damage_checkpoint(run_dir, 2)
+        with caplog.at_level(logging.WARNING):
+            code, out, err = run_fixtures.run_in_process(
+                finetune.main, argv(tmp_path / "part"), capsys
+            )
+    assert code == 0, err[-3000:]
+    assert "lr0.001_ep1_seed0: resumed from step 1" in out
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+    assert warning.startswith(f"Checkpoint step 2 in {run_dir}/checkpoints cannot be restored")
+    assert "resuming from step 1, the newest intact one" in warning
+    with open(tmp_path / "part" / "results.jsonl") as f:
+        (line,) = [json.loads(text) for text in f]
+    assert line["name"] == "lr0.001_ep1_seed0" and line["result"]["steps"] == 3
+    assert sorted(_train_losses(run_dir)) == [1, 2, 3]  # each step once
+    assert not os.path.exists(run_dir / "checkpoints")  # a finished run keeps no checkpoints
+
+
+def test_cli_sweep_ctrl_c_stops_the_sweep_with_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the first point of a distillation sweep: that point checkpoints the step
+    under way, the sweep stops with 130 and says how to resume. The root is a run directory
+    of kind sweep, the point one of kind distill inside it."""
+    from minilm_jax import sweep, train
+
+    corpus = run_fixtures.write_corpus(tmp_path)
+    root = tmp_path / "sweep"
+    argv = [
+        "--config",
+        run_fixtures.write_sweep_file(tmp_path),
+        "--workdir",
+        str(root),
+        *run_fixtures.SMOKE_FLAGS,
+        f"--config.data.text_files={corpus}",
+    ]
+    _signal_at_call(monkeypatch, train, "next_train_batch", 2, signal.SIGINT)
+    code, out, err = run_fixtures.run_in_process(sweep.main, argv, capsys)
+    assert code == 130, err[-3000:]
+    assert (
+        "Sweep stopped: heads-2 was stopped at step 2 (checkpoint saved); rerun the same "
+        "command to resume." in out
+    )
+    assert run_fixtures.checkpoint_steps(root / "heads-2") == [2]
+    assert sorted(os.listdir(root)) == sorted(
+        [rundir.MARKER_FILE, rundir.CONFIG_FILE, rundir.HISTORY_FILE, "heads-2"]
+    )
+    for folder, kind in ((root, "sweep"), (root / "heads-2", "distill")):
+        with open(folder / rundir.MARKER_FILE) as f:
+            assert json.load(f)["kind"] == kind
+        assert not os.path.exists(folder / rundir.LOCK_FILE)
+    with open(root / rundir.CONFIG_FILE) as f:
+        saved = json.load(f)
+    assert saved["sweep"] == {"experiment": str(tmp_path / "two_points.py"), "evaluate": []}
+    assert saved["data"]["text_files"] == corpus

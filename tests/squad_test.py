@@ -378,7 +378,7 @@ def test_bad_settings_fail_in_one_line_and_write_nothing(tmp_path, capsys, overr
     assert run_cli(argv, mock=False) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
-    assert not workdir.exists()
+    assert_nothing_written(workdir)
 
 
 def test_unprepared_dataset_names_the_prepare_command(tmp_path, capsys):
@@ -393,7 +393,7 @@ def test_unprepared_dataset_names_the_prepare_command(tmp_path, capsys):
         f"tfds.builder('squad/v2.0', data_dir='{tmp_path}')"
         ".download_and_prepare(file_format='array_record')\""
     )
-    assert not workdir.exists()
+    assert_nothing_written(workdir)
 
 
 def test_student_without_tokenizer_and_squad1_with_unanswerable_questions(
@@ -419,4 +419,14 @@ def test_student_without_tokenizer_and_squad1_with_unanswerable_questions(
     assert run_cli(v1, mock=False) == 2
     err = capsys.readouterr().err
     assert "3 question(s) have no gold answer" in err and "config.task='squad2'" in err
-    assert not workdir.exists()
+    assert_nothing_written(workdir)
+
+
+def assert_nothing_written(workdir):
+    """Bad input writes nothing: no folder, or (when it failed after the folder was claimed,
+    e.g. reading the data) only the claim's own files, which a corrected rerun takes over."""
+    from minilm_jax import rundir
+
+    if workdir.exists():
+        claim_files = {rundir.MARKER_FILE, rundir.CONFIG_FILE, rundir.HISTORY_FILE}
+        assert set(os.listdir(workdir)) <= claim_files, sorted(os.listdir(workdir))

@@ -329,7 +329,7 @@ def test_cli_smoke_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out loss" in proc.stdout and "step 6/6" in proc.stdout
-    resolved = json.loads((workdir / "config.json").read_text())
+    resolved = json.loads((workdir / "run_config.json").read_text())
     assert resolved["total_steps"] == 6
     assert resolved["teacher"]["path"] == tiny.smoke_model("bert")  # the cached tiny teacher
     assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())[-1] == 6

@@ -64,9 +64,10 @@ class DocumentTokenizer:
     """
 
     def __init__(self, tokenizer: tokenizers.Tokenizer):
-        self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
+        # Imported here: the command lines import this module before they need the models.
+        from minilm_jax.hf.tokenizer import prepared_tokenizer
+
+        self._tokenizer = prepared_tokenizer(tokenizer)
 
     def __call__(self, text: str) -> np.ndarray:
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids

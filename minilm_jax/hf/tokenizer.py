@@ -109,8 +109,25 @@ def load_tokenizer(path) -> tokenizers.Tokenizer:
             f"(re-save other tokenizers with transformers' "
             f"AutoTokenizer.save_pretrained, which writes tokenizer.json)"
         )
+    return prepared_tokenizer(tok, copy=False)
+
+
+def prepared_tokenizer(
+    tokenizer: tokenizers.Tokenizer, *, max_length: int | None = None, copy: bool = True
+) -> tokenizers.Tokenizer:
+    """`tokenizer` as every pipeline here uses it: never padding, and truncating only to
+    `max_length` when one is given (never by default).
+
+    A tokenizer.json often carries padding and truncation settings for inference
+    (all-MiniLM-L6-v2's pads and truncates to 128), which would silently cut documents,
+    sentence pairs and contexts; each pipeline decides lengths itself. Works on a copy, so the
+    caller's tokenizer is unchanged, unless `copy=False`."""
+    tok = tokenizers.Tokenizer.from_str(tokenizer.to_str()) if copy else tokenizer
     tok.no_padding()
-    tok.no_truncation()
+    if max_length is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(max_length)
     return tok
 
 
