@@ -310,6 +310,15 @@ def make_student_config(config, teacher_cfg):
     dropout = dict(hidden_dropout=config.student.dropout, attention_dropout=config.student.dropout)
     if config.student.init == "pretrained":
         return _pretrained_student_config(config, teacher_cfg).replace(**dropout)
+    family = config.student.family
+    if family and family != teacher_cfg.family and family not in CROSS_FAMILY_STUDENTS:
+        fail(
+            "student.family",
+            family,
+            f"a {family} student needs a teacher of that family (this one is "
+            f"{teacher_cfg.family!r}); a student of another family than its teacher's can be "
+            f"one of {CROSS_FAMILY_STUDENTS}",
+        )
     return student_config(
         config.student.spec,
         teacher_cfg,
