@@ -291,7 +291,7 @@ def _structure_difference(teacher_layer: tuple, student_layer: tuple) -> str:
 def _default_init_layers(teacher_layers: list, student_layers: list) -> tuple[int, ...]:
     """Evenly spaced teacher layers ending at the top (6 of 12 -> 1, 3, 5, 7, 9, 11), each
     moved to the nearest teacher layer of its student layer's structure (ties: the higher)
-    where a family's layers differ (ModernBERT 22 -> 6: 0, 5, 10, 15, 17, 20)."""
+    where a family's layers differ (ModernBERT 22 -> 6: 0, 7, 10, 15, 17, 20)."""
     step = len(teacher_layers) / len(student_layers)
     chosen = []
     for dst, structure in enumerate(student_layers):

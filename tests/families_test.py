@@ -31,7 +31,8 @@ from conftest import TEST_XLA_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_FAMILIES = ("modernbert", "deberta-v2", "xlm-roberta-xl")
-# Texts for comparing our exported students with transformers' (ragged once tokenized).
+# Texts for comparing our exported students with transformers': 3 to 47 tokens with the smoke
+# tokenizers, longer than the smoke ModernBERT's window and DeBERTa's relative buckets.
 TEXTS = (
     "Return the number of items in a container.",
     "The quick brown fox jumps over the lazy dog, twice; then it rests.",
@@ -387,6 +388,12 @@ def test_cross_family_student_config():
     )
     same = student_config("6x384", modernbert_base)
     assert (same.family, same.intermediate_size, same.local_attention) == ("modernbert", 576, 128)
+    # init='teacher' into a 6 x 768 ModernBERT: layer 0 from layer 0 (no attention LayerNorm),
+    # the others from evenly spaced layers of their attention kind.
+    wide = student_config("6x768", modernbert_base, intermediate_size=1152)
+    assert train.teacher_init_layers(configs.base_config(), modernbert_base, wide) == (
+        0, 7, 10, 15, 17, 20,
+    )  # fmt: skip
     with pytest.raises(ValueError, match=r"needs a teacher of that family"):
         student_config("6x384", hf.load_config(tiny.smoke_model("bert")), family="modernbert")
 
