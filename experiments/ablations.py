@@ -13,7 +13,10 @@ the students after fine-tuning (MNLI-m, SQuAD 2.0). Four sweeps, chosen with ``a
   student_shape   3x384, 4x384, 6x384, 6x768
 
 ``teacher=`` picks the teacher (default bert-base-uncased; any key of
-minilm_jax.configs.TEACHERS, e.g. ``ablation=teacher_layer,teacher=roberta-large``).
+minilm_jax.configs.TEACHERS, e.g. ``ablation=teacher_layer,teacher=roberta-large``). That
+includes the teachers the paper did not use (modernbert-base/-large, deberta-v3-base/-large,
+xlm-roberta-xl/-xxl), whose layer and relation heads were chosen by analogy: these sweeps are
+how to check them. ``--config.student.family=bert`` sweeps BERT students of them.
 
 Launch a sweep locally, one run after another, each in WORKDIR/NAME, then a summary table of
 their final held-out losses (WORKDIR/summary.md):

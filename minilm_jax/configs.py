@@ -33,11 +33,18 @@ def base_config() -> ml_collections.ConfigDict:
         None, field_type=int
     )  # None: 4 x hidden
     c.student.dropout = 0.1  # hidden and attention dropout while distilling
-    c.student.init = (
-        "random"  # "random" (the paper) or "teacher" (copy teacher layers; widths must match)
-    )
+    # The student's architecture family: "" = the teacher's; "bert" (or "roberta",
+    # "xlm-roberta", "xlm-roberta-xl") for a student of another family that reads the teacher's
+    # token ids, e.g. a BERT student of a ModernBERT or DeBERTa teacher (docs/models.md).
+    c.student.family = ""
+    # "random" (the paper), "teacher" (copy teacher layers; same family, widths and layer
+    # structure) or "pretrained" (continue from student.path; its tokenizer must be the teacher's)
+    c.student.init = "random"
     # Teacher layers (0-based) copied into the student when init="teacher"; None: evenly spaced.
     c.student.init_layers = ml_collections.FieldReference(None, field_type=tuple)
+    # init="pretrained": the student's Hugging Face folder (e.g. a released MiniLM); student.spec
+    # and student.num_heads must state its shape.
+    c.student.path = ""
 
     c.distill = ml_collections.ConfigDict()
     c.distill.relations = ("qq", "kk", "vv")  # pair names (two of q/k/v) or registered relations
@@ -283,9 +290,10 @@ def apply_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.Con
     """Shrinks any distillation experiment to a CPU run of seconds, keeping its structure.
 
     The teacher becomes the cached tiny random model of ``family`` (``tiny.smoke_model``, a
-    real Hugging Face folder written once), the student keeps its layer count up to 2 and
-    shrinks to width 32, the corpus is the built-in Python documentation, and every schedule
-    is a few steps long.
+    real Hugging Face folder written once; every model family has one), the student keeps its
+    layer count up to 2 and its family (``student.family``) and shrinks to width 32 with a
+    random init, the corpus is the built-in Python documentation, and every schedule is a few
+    steps long.
     """
     from minilm_jax import tiny
 
@@ -297,6 +305,7 @@ def apply_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.Con
     c.student.intermediate_size = None
     c.student.init = "random"
     c.student.init_layers = None
+    c.student.path = ""
     c.distill.num_relation_heads = 4
     c.data.text_files = ""
     c.data.tfds_sources = ""
@@ -362,21 +371,89 @@ TEACHERS = {
     ),
 }
 
+# Teachers the paper did not use. No paper gives their layer or relation heads; both are
+# chosen by analogy with the paper's choices and are to be checked with the teacher-layer
+# ablation (experiments/ablations.py:ablation=teacher_layer,teacher=NAME):
+# - layer: the last layer of 12-layer teachers (as BERT-base); about 0.8 of the depth for
+#   deeper ones (the paper's large teachers: 19 or 21 of 24), on a global-attention layer for
+#   ModernBERT (its layers 1, 4, 7, ... attend globally; the others see a 129-token window);
+# - relation heads: 48 for 768-wide teachers and 64 for wider ones (the paper's), which divide
+#   both the teacher's width and a 384-wide student's.
+NEW_TEACHERS = {
+    "modernbert-base": dict(  # 22 x 768, 12 heads; layer 19 = 0.86 of the depth, global
+        hub_id="answerdotai/ModernBERT-base",
+        family="modernbert",
+        hidden=768,
+        layers=22,
+        layer=19,
+        relation_heads=48,
+    ),
+    "modernbert-large": dict(  # 28 x 1024, 16 heads; layer 22 = 0.79 of the depth, global
+        hub_id="answerdotai/ModernBERT-large",
+        family="modernbert",
+        hidden=1024,
+        layers=28,
+        layer=22,
+        relation_heads=64,
+    ),
+    "deberta-v3-base": dict(  # 12 x 768: the last layer, as BERT-base
+        hub_id="microsoft/deberta-v3-base",
+        family="deberta-v2",
+        hidden=768,
+        layers=12,
+        layer=12,
+        relation_heads=48,
+    ),
+    "deberta-v3-large": dict(  # 24 x 1024: layer 19, as RoBERTa-large
+        hub_id="microsoft/deberta-v3-large",
+        family="deberta-v2",
+        hidden=1024,
+        layers=24,
+        layer=19,
+        relation_heads=64,
+    ),
+    "xlm-roberta-xl": dict(  # 36 x 2560 (3.5B); layer 28 = 0.78 of the depth, as 19 of 24
+        hub_id="facebook/xlm-roberta-xl",
+        family="xlm-roberta-xl",
+        hidden=2560,
+        layers=36,
+        layer=28,
+        relation_heads=64,
+    ),
+    "xlm-roberta-xxl": dict(  # 48 x 4096 (10.7B); layer 38 = 0.79 of the depth
+        hub_id="facebook/xlm-roberta-xxl",
+        family="xlm-roberta-xl",
+        hidden=4096,
+        layers=48,
+        layer=38,
+        relation_heads=64,
+    ),
+}
+TEACHERS.update(NEW_TEACHERS)
+
 # Corpora per teacher family. English Wikipedia comes through TFDS; BookCorpus, the rest of
 # RoBERTa's 160 GB and CC-100 are not in the TFDS catalogue and are read as local text files
 # (CC-100 is distributed as text: one paragraph per line, documents separated by blank lines).
+# DeBERTa-v3 was pretrained on RoBERTa's 160 GB, so it gets RoBERTa's; ModernBERT's 2T tokens
+# (web, code, scientific text) are not distributed, and RoBERTa's English web text stands in;
+# XLM-R XL/XXL were pretrained on CC-100, as XLM-R.
+_ENGLISH_WEB = dict(
+    tfds_sources="wikipedia/20230601.en:text",
+    text_files="corpora/roberta/*.txt",
+    text_format="paragraph",
+)
+_CC100 = dict(tfds_sources="", text_files="corpora/cc100/*.txt", text_format="paragraph")
 CORPORA = {
     "bert": dict(
         tfds_sources="wikipedia/20230601.en:text",
         text_files="corpora/bookcorpus/*.txt",
         text_format="paragraph",
     ),
-    "roberta": dict(
-        tfds_sources="wikipedia/20230601.en:text",
-        text_files="corpora/roberta/*.txt",
-        text_format="paragraph",
-    ),
-    "xlm-roberta": dict(tfds_sources="", text_files="corpora/cc100/*.txt", text_format="paragraph"),
+    "roberta": _ENGLISH_WEB,
+    "xlm-roberta": _CC100,
+    "modernbert": _ENGLISH_WEB,
+    "deberta-v2": _ENGLISH_WEB,
+    "xlm-roberta-xl": _CC100,
 }
 
 

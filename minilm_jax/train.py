@@ -31,9 +31,14 @@ from minilm_jax import checkpointing, data, hf, loop, metrics, models, optim, pa
 from minilm_jax import rundir, steps
 from minilm_jax.configs import check_positive, fail
 from minilm_jax.loop import TrainingError  # noqa: F401  (part of this module's API)
-from minilm_jax.models.transformer import DTYPES, TransformerConfig, student_config
+from minilm_jax.models.transformer import (
+    CROSS_FAMILY_STUDENTS,
+    DTYPES,
+    TransformerConfig,
+    student_config,
+)
 
-STUDENT_INITS = ("random", "teacher")
+STUDENT_INITS = ("random", "teacher", "pretrained")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,6 +54,10 @@ def teacher_path(config: ml_collections.ConfigDict) -> str:
     return os.path.expanduser(config.teacher.path)
 
 
+def student_path(config: ml_collections.ConfigDict) -> str:
+    return os.path.expanduser(config.student.path)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> TransformerConfig:
     """Raises ``ValueError`` naming the field and the allowed values for every bad setting;
     returns the teacher's config (read from its config.json only)."""
@@ -56,8 +65,7 @@ def validate_config(config: ml_collections.ConfigDict) -> TransformerConfig:
         importlib.import_module(module)  # registers user relations before they are looked up
     if config.dtype not in DTYPES:
         fail("dtype", config.dtype, f"allowed: {DTYPES}")
-    if config.student.init not in STUDENT_INITS:
-        fail("student.init", config.student.init, f"allowed: {STUDENT_INITS}")
+    _check_student_fields(config)
     if config.distill.implementation not in relations.IMPLEMENTATIONS:
         fail(
             "distill.implementation",
@@ -125,7 +133,33 @@ def validate_config(config: ml_collections.ConfigDict) -> TransformerConfig:
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"config.teacher.path={config.teacher.path!r}: {e}") from None
     validate_against_teacher(config, teacher_cfg)
+    check_student_tokenizer(config, teacher_cfg)
     return teacher_cfg
+
+
+def _check_student_fields(config) -> None:
+    if config.student.init not in STUDENT_INITS:
+        fail("student.init", config.student.init, f"allowed: {STUDENT_INITS}")
+    if config.student.init == "pretrained" and not config.student.path:
+        fail(
+            "student.path",
+            config.student.path,
+            "student.init='pretrained' continues from a Hugging Face folder: set student.path",
+        )
+    if config.student.path and config.student.init != "pretrained":
+        fail(
+            "student.path",
+            config.student.path,
+            f"is read only when student.init='pretrained' (student.init="
+            f"{config.student.init!r}): set student.init='pretrained' or clear student.path",
+        )
+    families = tuple(models.MODEL_FAMILIES)
+    if config.student.family and config.student.family not in families:
+        fail(
+            "student.family",
+            config.student.family,
+            f"allowed: '' (the teacher's family) or one of {families}",
+        )
 
 
 def validate_against_teacher(config: ml_collections.ConfigDict, teacher_cfg) -> None:
@@ -139,12 +173,18 @@ def validate_against_teacher(config: ml_collections.ConfigDict, teacher_cfg) -> 
     try:
         student_cfg = make_student_config(config, teacher_cfg)
     except ValueError as e:
-        raise ValueError(f"config.student: {e}") from None
+        raise ValueError(e if str(e).startswith("config.") else f"config.student: {e}") from None
     if config.max_len > teacher_cfg.max_sequence_length:
         fail(
             "max_len",
             config.max_len,
             f"the teacher has only {teacher_cfg.max_sequence_length} positions",
+        )
+    if config.max_len > student_cfg.max_sequence_length:
+        fail(
+            "max_len",
+            config.max_len,
+            f"the student has only {student_cfg.max_sequence_length} positions",
         )
     ctx = relation_context(config, teacher_cfg, student_cfg)
     try:
@@ -158,6 +198,19 @@ def validate_against_teacher(config: ml_collections.ConfigDict, teacher_cfg) -> 
 
 
 def _check_teacher_init(config, teacher_cfg, student_cfg) -> None:
+    """student.init='teacher' copies the teacher's embeddings and every other parameter outside
+    the layers (DeBERTa's relative table and conv, final LayerNorms, pooler) and one teacher
+    layer per student layer. It is refused unless each copy computes in the student what it
+    computed in the teacher: same family and widths, and each student layer of the same
+    structure as its teacher layer (`layer_structures`: e.g. ModernBERT's layer 0 has no
+    attention LayerNorm, and its global and sliding-window layers differ)."""
+    if student_cfg.family != teacher_cfg.family:
+        fail(
+            "student.init",
+            "teacher",
+            f"copying teacher layers needs a student of the teacher's family "
+            f"{teacher_cfg.family!r}, not {student_cfg.family!r} (student.family)",
+        )
     shape = ("hidden_size", "num_heads", "intermediate_size")
     mismatch = [f for f in shape if getattr(teacher_cfg, f) != getattr(student_cfg, f)]
     if mismatch:
@@ -168,7 +221,20 @@ def _check_teacher_init(config, teacher_cfg, student_cfg) -> None:
             f"{[getattr(teacher_cfg, f) for f in mismatch]} vs student "
             f"{[getattr(student_cfg, f) for f in mismatch]}",
         )
-    layers = teacher_init_layers(config, teacher_cfg, student_cfg)
+    teacher_layers, teacher_outer = layer_structures(teacher_cfg)
+    student_layers, student_outer = layer_structures(student_cfg)
+    differing = sorted(p for p in student_outer if teacher_outer.get(p) != student_outer[p])
+    if differing:
+        fail(
+            "student.init",
+            "teacher",
+            f"the student's {['.'.join(map(str, p)) for p in differing]} have no counterpart "
+            f"of the same shape in the teacher",
+        )
+    try:
+        layers = teacher_init_layers(config, teacher_cfg, student_cfg)
+    except ValueError as e:
+        fail("student.init_layers", config.student.init_layers, str(e))
     if len(layers) != student_cfg.num_layers or not all(
         0 <= i < teacher_cfg.num_layers for i in layers
     ):
@@ -178,17 +244,232 @@ def _check_teacher_init(config, teacher_cfg, student_cfg) -> None:
             f"needs {student_cfg.num_layers} teacher layer indices in "
             f"0..{teacher_cfg.num_layers - 1}",
         )
+    for dst, src in enumerate(layers):
+        if student_layers[dst] != teacher_layers[src]:
+            try:
+                hint = f"; e.g. {_default_init_layers(teacher_layers, student_layers)}"
+            except ValueError:
+                hint = ""
+            fail(
+                "student.init_layers",
+                config.student.init_layers,
+                f"teacher layer {src} cannot initialise student layer {dst}: "
+                f"{_structure_difference(teacher_layers[src], student_layers[dst])}; choose "
+                f"teacher layers of the same structure as each student layer{hint}",
+            )
+
+
+def layer_structures(cfg) -> tuple[list[tuple], dict[tuple, tuple]]:
+    """(per layer, what must agree for a teacher layer to initialise a student layer: its
+    attention kind where a family has several (ModernBERT's `layer_types`) and its parameter
+    paths and shapes; {path: shape} of the parameters outside the layers). From
+    `nnx.eval_shape`: no weights are made."""
+    abstract = nnx.eval_shape(lambda: models.build_model(cfg, rngs=nnx.Rngs(0)))
+    per_layer: list[dict] = [{} for _ in range(cfg.num_layers)]
+    outer = {}
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        if path[0] == "layers":
+            per_layer[path[1]][".".join(map(str, path[2:]))] = tuple(var.shape)
+        else:
+            outer[tuple(path)] = tuple(var.shape)
+    kinds = getattr(cfg, "layer_types", None) or (None,) * cfg.num_layers
+    return [(kind, tuple(sorted(p.items()))) for kind, p in zip(kinds, per_layer)], outer
+
+
+def _structure_difference(teacher_layer: tuple, student_layer: tuple) -> str:
+    (t_kind, t_params), (s_kind, s_params) = teacher_layer, student_layer
+    t_params, s_params = dict(t_params), dict(s_params)
+    only_t = sorted(set(t_params) - set(s_params))
+    only_s = sorted(set(s_params) - set(t_params))
+    reshaped = sorted(k for k in set(t_params) & set(s_params) if t_params[k] != s_params[k])
+    differences = []
+    if t_kind != s_kind:
+        differences.append(f"the teacher layer is {t_kind}, the student layer {s_kind}")
+    if only_t or only_s:
+        differences.append(
+            f"parameters only in the teacher layer {only_t}, only in the student layer {only_s}"
+        )
+    if reshaped:
+        differences.append(f"parameters of other shapes {reshaped}")
+    return " and ".join(differences)
+
+
+def _default_init_layers(teacher_layers: list, student_layers: list) -> tuple[int, ...]:
+    """Evenly spaced teacher layers ending at the top (6 of 12 -> 1, 3, 5, 7, 9, 11), each
+    moved to the nearest teacher layer of its student layer's structure (ties: the higher)
+    where a family's layers differ (ModernBERT 22 -> 6: 0, 7, 10, 15, 17, 20)."""
+    step = len(teacher_layers) / len(student_layers)
+    chosen = []
+    for dst, structure in enumerate(student_layers):
+        target = int(round((dst + 1) * step)) - 1
+        candidates = [j for j, s in enumerate(teacher_layers) if s == structure]
+        if not candidates:
+            raise ValueError(f"no teacher layer has the structure of student layer {dst}")
+        chosen.append(min(candidates, key=lambda j: (abs(j - target), -j)))
+    return tuple(chosen)
 
 
 def make_student_config(config, teacher_cfg):
+    """The student's architecture: from student.spec, of the teacher's family or of
+    student.family (`models.student_config`); with student.init='pretrained', the config.json
+    of student.path (whose shape student.spec and student.num_heads must state)."""
+    dropout = dict(hidden_dropout=config.student.dropout, attention_dropout=config.student.dropout)
+    if config.student.init == "pretrained":
+        return _pretrained_student_config(config, teacher_cfg).replace(**dropout)
+    family = config.student.family
+    if family and family != teacher_cfg.family and family not in CROSS_FAMILY_STUDENTS:
+        fail(
+            "student.family",
+            family,
+            f"a {family} student needs a teacher of that family (this one is "
+            f"{teacher_cfg.family!r}); a student of another family than its teacher's can be "
+            f"one of {CROSS_FAMILY_STUDENTS}",
+        )
     return student_config(
         config.student.spec,
         teacher_cfg,
+        family=config.student.family or None,
         num_heads=config.student.num_heads,
         intermediate_size=config.student.intermediate_size,
-        hidden_dropout=config.student.dropout,
-        attention_dropout=config.student.dropout,
+        max_length=config.max_len,
+        **dropout,
     )
+
+
+def _pretrained_student_config(config, teacher_cfg):
+    try:
+        cfg = hf.load_config(student_path(config), dtype=jnp.dtype(teacher_cfg.dtype))
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"config.student.path={config.student.path!r}: {e}") from None
+    held = f"{cfg.num_layers}x{cfg.hidden_size}"
+    where = f"student.path {config.student.path!r} holds a {cfg.family} {held} model"
+    if config.student.spec.replace(" ", "").lower() != held:
+        fail("student.spec", config.student.spec, f"{where}: set student.spec={held!r}")
+    if config.student.num_heads != cfg.num_heads:
+        fail(
+            "student.num_heads",
+            config.student.num_heads,
+            f"{where} with {cfg.num_heads} heads: set student.num_heads={cfg.num_heads}",
+        )
+    wanted = config.student.intermediate_size
+    if wanted is not None and wanted != cfg.intermediate_size:
+        fail(
+            "student.intermediate_size",
+            wanted,
+            f"{where} with feed-forward width {cfg.intermediate_size}: set it to None",
+        )
+    if config.student.family and config.student.family != cfg.family:
+        fail("student.family", config.student.family, f"{where}: set it to '' or {cfg.family!r}")
+    return cfg
+
+
+# Texts two tokenizers must encode alike to be the same: normalisation (case, accents,
+# whitespace), pre-tokenisation, unknown characters, special tokens typed as text, and the
+# single and pair templates.
+_PROBE_TEXTS = (
+    "Hello, World! The quick brown fox jumps over the lazy dog: 3.14159, don't.",
+    "  Leading,   repeated\tand trailing whitespace\nacross lines  ",
+    "Ünïcödé naïve café, 東京 and 🙂; [CLS] [SEP] [MASK] <s> </s> <mask>",
+)
+_PROBE_PAIR = ("What does the student read?", "The teacher's token ids.")
+
+
+def tokenizer_difference(teacher_tok, student_tok) -> str | None:
+    """How two tokenizers would give a model different token ids (None when they would not):
+    their vocabularies with the added tokens, which tokens are special, and the ids and token
+    types of probe texts and a pair (normalisation, pre-tokenisation and templates, which a
+    vocabulary does not show)."""
+    a = teacher_tok.get_vocab(with_added_tokens=True)
+    b = student_tok.get_vocab(with_added_tokens=True)
+    if a != b:
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        moved = sorted(t for t in set(a) & set(b) if a[t] != b[t])
+        parts = [f"{len(a)} vs {len(b)} tokens"]
+        if only_a:
+            parts.append(f"only the teacher's has {only_a[:3]}")
+        if only_b:
+            parts.append(f"only the student's has {only_b[:3]}")
+        if moved:
+            parts.append(f"{moved[0]!r} is id {a[moved[0]]} vs {b[moved[0]]}")
+        return "vocabularies differ: " + ", ".join(parts)
+    added = [
+        {i: (t.content, t.special) for i, t in tok.get_added_tokens_decoder().items()}
+        for tok in (teacher_tok, student_tok)
+    ]
+    if added[0] != added[1]:
+        i = min(i for i in set(added[0]) | set(added[1]) if added[0].get(i) != added[1].get(i))
+        return f"added tokens differ at id {i}: {added[0].get(i)} vs {added[1].get(i)}"
+    for args in [(t,) for t in _PROBE_TEXTS] + [_PROBE_PAIR]:
+        x, y = teacher_tok.encode(*args), student_tok.encode(*args)
+        if x.ids != y.ids or x.type_ids != y.type_ids:
+            return f"they encode {args!r} differently: {x.tokens[:8]} vs {y.tokens[:8]}"
+    return None
+
+
+def check_student_tokenizer(config, teacher_cfg) -> None:
+    """Checks that read the tokenizers. A student of another family than the teacher's must
+    find its family's special tokens by name in the teacher's tokenizer (fine-tuning and
+    inspection look them up so). A pretrained student must have the teacher's tokenizer
+    exactly (it is fed the teacher's token ids), enough embedding rows for it, and the pad id
+    the data pipeline pads with. Each error names the folders."""
+    student_cfg = make_student_config(config, teacher_cfg)
+    pretrained = config.student.init == "pretrained"
+    if not pretrained and student_cfg.family == teacher_cfg.family:
+        return
+    tpath = teacher_path(config)
+    tok = hf.load_tokenizer(tpath)
+    if student_cfg.family != teacher_cfg.family:
+        try:
+            data.special_token_ids(tok, student_cfg.family)
+        except ValueError as e:
+            allowed = [f for f in CROSS_FAMILY_STUDENTS if _finds_specials(tok, f)]
+            fail(
+                "student.family",
+                student_cfg.family,
+                f"a {student_cfg.family} student finds its special tokens by name in the "
+                f"teacher's tokenizer ({tpath}): {e}; student families this teacher's "
+                f"tokenizer allows: {allowed}",
+            )
+    if not pretrained:
+        return
+    spath = student_path(config)
+    folders = f"teacher folder {tpath}, student folder {spath}"
+    try:
+        student_tok = hf.load_tokenizer(spath)
+    except (FileNotFoundError, ValueError) as e:
+        fail("student.path", config.student.path, f"{e} ({folders})")
+    difference = tokenizer_difference(tok, student_tok)
+    if difference is not None:
+        fail(
+            "student.path",
+            config.student.path,
+            f"the student's tokenizer is not the teacher's ({difference}); {folders}; a "
+            f"pretrained student is fed the teacher's token ids, so it needs the same "
+            f"vocabulary, special tokens and templates",
+        )
+    if student_cfg.vocab_size < tok.get_vocab_size():
+        fail(
+            "student.path",
+            config.student.path,
+            f"the student has {student_cfg.vocab_size} embedding rows for the teacher "
+            f"tokenizer's {tok.get_vocab_size()} tokens ({folders})",
+        )
+    pad_id = data.special_token_ids(tok, teacher_cfg.family).pad_id
+    if student_cfg.pad_token_id != pad_id:
+        fail(
+            "student.path",
+            config.student.path,
+            f"the student's pad_token_id {student_cfg.pad_token_id} is not the pad id {pad_id} "
+            f"of the teacher's tokenizer ({folders})",
+        )
+
+
+def _finds_specials(tok, family: str) -> bool:
+    try:
+        data.special_token_ids(tok, family)
+    except ValueError:
+        return False
+    return True
 
 
 def relation_context(config, teacher_cfg, student_cfg) -> relations.RelationContext:
@@ -202,11 +483,12 @@ def relation_context(config, teacher_cfg, student_cfg) -> relations.RelationCont
 
 
 def teacher_init_layers(config, teacher_cfg, student_cfg) -> tuple[int, ...]:
+    """The teacher layers (0-based) copied into the student's layers with init='teacher':
+    student.init_layers, or by default evenly spaced ones ending at the top, each of the
+    structure of its student layer (`_default_init_layers`)."""
     if config.student.init_layers is not None:
         return tuple(int(i) for i in config.student.init_layers)
-    # Evenly spaced, ending at the top layer: 6 of 12 -> (1, 3, 5, 7, 9, 11).
-    step = teacher_cfg.num_layers / student_cfg.num_layers
-    return tuple(int(round((i + 1) * step)) - 1 for i in range(student_cfg.num_layers))
+    return _default_init_layers(layer_structures(teacher_cfg)[0], layer_structures(student_cfg)[0])
 
 
 def projections_read(relation_names) -> frozenset[str]:
@@ -240,13 +522,28 @@ def truncate_teacher(teacher, layer: int):
 
 
 def init_student(config, student_cfg, teacher, teacher_cfg):
+    """The student before distillation: random (the paper); with init='teacher' the teacher's
+    parameters outside the layers and the layers `teacher_init_layers` (checked by
+    `_check_teacher_init`); with init='pretrained' the checkpoint in student.path (its
+    architecture is `student_cfg`, with this run's dropout)."""
     student = models.build_model(student_cfg, rngs=nnx.Rngs(config.seed))
     if config.student.init == "teacher":
-        # Embeddings and a subset of layers copied from the teacher (widths checked equal).
-        nnx.update(student.embeddings, nnx.state(teacher.embeddings, nnx.Param))
-        for dst, src in enumerate(teacher_init_layers(config, teacher_cfg, student_cfg)):
-            nnx.update(student.layers[dst], nnx.state(teacher.layers[src], nnx.Param))
+        _copy_params(student, teacher, teacher_init_layers(config, teacher_cfg, student_cfg))
+    elif config.student.init == "pretrained":
+        _, pretrained = hf.load_pretrained(student_path(config), dtype=jnp.dtype(student_cfg.dtype))
+        _copy_params(student, pretrained, tuple(range(student_cfg.num_layers)))
     return student
+
+
+def _copy_params(dst, src, layers: tuple[int, ...]) -> None:
+    """Every parameter of `dst` from the same path in `src`, except that dst's layer i comes
+    from src's layer layers[i]."""
+    source = dict(nnx.to_flat_state(nnx.state(src, nnx.Param)))
+    copied = {}
+    for path, var in nnx.to_flat_state(nnx.state(dst, nnx.Param)):
+        key = ("layers", layers[path[1]], *path[2:]) if path[0] == "layers" else path
+        copied[path] = var.replace(source[key].get_value())
+    nnx.update(dst, nnx.from_flat_state(copied))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ model in eval mode; the styles are tiny versions of the real layouts (`STYLES`).
 `torch_deberta_reference` runs it and returns every hidden state, every layer's content q/k/v
 and every attention map in float64. `random_deberta(config)` is our model with the same kind
 of noise. `write_tiny_deberta_teacher` is what a smoke run needs: a random teacher of our own,
-exported, with a Unigram tokenizer trained on the run's texts.
+exported, with a Unigram tokenizer built from the run's texts (`minilm_jax.tiny` writes it).
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ from typing import Iterable
 
 import jax.numpy as jnp
 import numpy as np
-import tokenizers
 import torch
 import transformers
 from flax import nnx
-from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors, trainers
-
 from hf_fixtures import randomize_
-from minilm_jax import hf
+from minilm_jax import tiny
 from minilm_jax.models.deberta import Deberta, DebertaConfig
 
 transformers.utils.logging.disable_progress_bar()
@@ -202,83 +199,16 @@ def random_deberta(config: DebertaConfig, seed: int = 0) -> Deberta:
     return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
-# --- smoke-run teacher -------------------------------------------------------------------------
+# --- smoke-run teacher ------------------------------------------------------------------------
 
-# What a smoke run's tiny DeBERTa teacher looks like: DeBERTa-v3's layout (relative attention,
-# log buckets, shared keys, LayerNormed relative table, no absolute positions, no token
-# types) with buckets small enough that short smoke sequences reach the log range.
-TINY_TEACHER = dict(
-    max_position_embeddings=512,
-    type_vocab_size=0,
-    layer_norm_eps=1e-7,
-    relative_attention=True,
-    max_relative_positions=-1,
-    position_buckets=16,
-    share_att_key=True,
-    pos_att_type=("p2c", "c2p"),
-    norm_rel_ebd="layer_norm",
-    position_biased_input=False,
-)
+# What a smoke run's tiny DeBERTa teacher looks like (built by `minilm_jax.tiny`, which
+# `tiny.smoke_model("deberta-v2")` caches): DeBERTa-v3's layout with buckets small enough that
+# short smoke sequences reach the log range.
+TINY_TEACHER = tiny.DEBERTA_SMOKE
 
 
-def train_deberta_tokenizer(texts: Iterable[str], vocab_size: int) -> tokenizers.Tokenizer:
-    """A SentencePiece-style Unigram tokenizer on `texts`, set up as DeBERTa-v3's tokenizer.json
-    (normalizer, Metaspace, [CLS] A [SEP] B [SEP] template); [PAD]=0 [CLS]=1 [SEP]=2 [UNK]=3
-    [MASK]=4."""
-    specials = [*SPECIALS, MASK]
-    tok = tokenizers.Tokenizer(tokenizers.models.Unigram())
-    tok.normalizer = normalizers.Sequence(
-        [
-            normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "),
-            normalizers.NFC(),
-            normalizers.Strip(left=False, right=True),
-        ]
-    )
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]"
-    )
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0",
-        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    return tok
-
-
-def write_tiny_deberta_teacher(
-    path,
-    texts: Iterable[str],
-    *,
-    num_layers: int,
-    hidden_size: int,
-    num_heads: int,
-    intermediate_size: int,
-    vocab_size: int = 512,
-    seed: int = 0,
-) -> DebertaConfig:
-    """Writes a random DeBERTa-v3-style teacher (`TINY_TEACHER`) with a tokenizer trained on
-    `texts` to `path` (config.json, model.safetensors, tokenizer.json), like
-    `minilm_jax.tiny.write_tiny_teacher` does for the BERT family."""
-    tok = train_deberta_tokenizer(texts, vocab_size)
-    config = DebertaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        intermediate_size=intermediate_size,
-        pad_token_id=tok.token_to_id("[PAD]"),
-        **TINY_TEACHER,
-    )
-    model = Deberta(config, rngs=nnx.Rngs(seed))
-    # Random init has tiny attention logits; scale the q/k weights up so the teacher's
-    # relations are peaked like a trained model's (as tiny.write_tiny_teacher does).
-    for layer in model.layers:
-        for proj in (layer.attention.query, layer.attention.key):
-            proj.kernel[...] = proj.kernel[...] * 4.0
-    os.makedirs(path, exist_ok=True)
-    hf.save_pretrained(config, model, path)
-    tok.save(os.path.join(path, "tokenizer.json"))
-    return config
+def write_tiny_deberta_teacher(path, texts: Iterable[str], **sizes) -> DebertaConfig:
+    """Writes a random DeBERTa-v3-style teacher (`TINY_TEACHER`) with a deterministic
+    Unigram tokenizer built from `texts` to `path`: `tiny.write_tiny_model("deberta-v2", ...)`
+    (sizes: num_layers, hidden_size, num_heads, intermediate_size, vocab_size, seed)."""
+    return tiny.write_tiny_model("deberta-v2", os.fspath(path), texts, **sizes)

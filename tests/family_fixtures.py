@@ -28,6 +28,7 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from transformers.models.modernbert import modeling_modernbert
 
 from hf_fixtures import NUM_SPECIAL_IDS, tiny_vocab, write_tiny_tokenizer
+from minilm_jax import tiny
 from minilm_jax.models import build_model
 from minilm_jax.relations import minilmv2_loss
 
@@ -35,27 +36,24 @@ FAMILIES = ("modernbert", "xlm-roberta-xl")
 # ModernBERT's special tokens sit at the end of its vocabulary (50280..50284 in the real one),
 # so the pad id is neither 0 nor 1 and position/pad handling cannot work by accident.
 MODERNBERT_SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-# The tiny random teachers recommended for smoke distillation runs, as transformers config
-# overrides of `tiny_hf_config` (the smoke sizes of minilm_jax.configs.SMOKE_TEACHER: 4 layers,
-# hidden 64, 4 heads). ModernBERT: layers global, local, local, global; the gated feed-forward
-# at ModernBERT-base's 1.5 ratio; a window of 16 (keys within 8) so that smoke sequences of 32
-# tokens exceed it. Built with `make_tiny_family_model(family, path, **SMOKE_TEACHERS[family])`.
+# The transformers-built twins of the smoke teachers that `minilm_jax.tiny.smoke_model` writes
+# (its SMOKE_TEACHER sizes: 4 layers, hidden 64, 4 heads, feed-forward 128), as transformers
+# config overrides of `tiny_hf_config`. ModernBERT: layers global, local, local, global and
+# tiny's window of 16 (keys within 8), shorter than the smoke runs' 32-token sequences.
+# Built with `make_tiny_family_model(family, path, **SMOKE_TEACHERS[family])`.
+_SMOKE_SIZES = dict(
+    hidden_size=tiny.SMOKE_TEACHER["hidden_size"],
+    num_hidden_layers=tiny.SMOKE_TEACHER["num_layers"],
+    num_attention_heads=tiny.SMOKE_TEACHER["num_heads"],
+    intermediate_size=tiny.SMOKE_TEACHER["intermediate_size"],
+)
 SMOKE_TEACHERS = {
     "modernbert": dict(
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=96,
-        local_attention=16,
+        _SMOKE_SIZES,
+        local_attention=tiny.MODERNBERT_SMOKE["local_attention"],
         max_position_embeddings=512,
     ),
-    "xlm-roberta-xl": dict(
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=514,
-    ),
+    "xlm-roberta-xl": dict(_SMOKE_SIZES, max_position_embeddings=514),
 }
 _CLASSES = {
     "modernbert": (

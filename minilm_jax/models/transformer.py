@@ -158,22 +158,44 @@ class TransformerConfig(ConfigMethods):
         return self.max_position_embeddings - self.position_offset
 
 
+# Families a student can have when its teacher is of another family (`student_config(...,
+# family=)`): the absolute-position encoders, whose only ties to the tokenizer are the
+# vocabulary and the pad id. RoBERTa-style students count positions from pad_token_id + 1.
+CROSS_FAMILY_STUDENTS = FAMILIES + ("xlm-roberta-xl",)
+# Positions of a cross-family student unless its inputs need more: BERT's 512.
+CROSS_FAMILY_POSITIONS = 512
+
+
 def student_config(
     spec: str,
-    teacher: TransformerConfig,
+    teacher,
     *,
     num_heads: int = 12,
     intermediate_size: int | None = None,
+    family: str | None = None,
+    max_length: int | None = None,
     **overrides,
-) -> TransformerConfig:
+):
     """A student architecture from a 'LAYERSxHIDDEN' spec ('6x384': 6 layers, hidden 384).
 
-    Everything the student must share with the teacher to read the same token ids (vocabulary,
-    family, position table, token types, pad/bos/eos ids) and the LayerNorm epsilon, dropout,
-    activation and dtypes are copied from `teacher`, and so is the family: the student is of
-    the teacher's config class (a ModernBERT teacher gives a ModernBERT student; for a student
-    of another family build its config directly). The feed-forward width defaults to 4 x hidden
-    as in the paper (not the teacher's width), or to what the teacher's config class says in
+    Same family (`family` None or the teacher's): everything the student must share with the
+    teacher to read the same token ids (vocabulary, family, position table, token types,
+    pad/bos/eos ids) and the LayerNorm epsilon, dropout, activation and dtypes are copied from
+    `teacher`, and so is the family: the student is of the teacher's config class (a ModernBERT
+    teacher gives a ModernBERT student with its rotary, window and layer pattern; a DeBERTa
+    teacher a DeBERTa student with its relative layout).
+
+    Another family (`family` one of `CROSS_FAMILY_STUDENTS`, e.g. a BERT student of a ModernBERT
+    or DeBERTa teacher; relations only need the student to read the teacher's token ids):
+    from the teacher, the vocabulary size (embedding rows), pad id, bos/eos ids, init range
+    and dtypes; from the student's family, everything else, as that family's own models have
+    it: token types (2 for BERT, whose fine-tuning gives a pair's second segment type 1; 1 for
+    RoBERTa/XLM-R), LayerNorm epsilon (1e-12 BERT, 1e-5 RoBERTa/XLM-R), exact GELU, and an
+    absolute position table of 512 positions (BERT's), or `max_length` when longer, never more
+    than the teacher takes (RoBERTa-style students add pad_token_id + 1 rows of offset).
+
+    The feed-forward width defaults to 4 x hidden as in the paper (not the teacher's width),
+    or, for a same-family student, to what the teacher's config class says in
     `student_intermediate_size(hidden_size)` where it has one (ModernBERT: the teacher's ratio,
     as its gated feed-forward is not 4 x wide). `overrides` replace any other field.
     """
@@ -188,16 +210,41 @@ def student_config(
             f"student spec {spec!r}: hidden size {hidden_size} is not divisible by "
             f"num_heads={num_heads}"
         )
-    if intermediate_size is None:
-        default = getattr(teacher, "student_intermediate_size", None)
-        intermediate_size = 4 * hidden_size if default is None else default(hidden_size)
-    return teacher.replace(
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        num_heads=num_heads,
-        intermediate_size=intermediate_size,
-        **overrides,
+    shape = dict(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads)
+    if family is None or family == teacher.family:
+        if intermediate_size is None:
+            default = getattr(teacher, "student_intermediate_size", None)
+            intermediate_size = 4 * hidden_size if default is None else default(hidden_size)
+        return teacher.replace(intermediate_size=intermediate_size, **shape, **overrides)
+    if family not in CROSS_FAMILY_STUDENTS:
+        raise ValueError(
+            f"a student of family {family!r} needs a teacher of that family (this teacher is "
+            f"{teacher.family!r}); a student of another family than its teacher's can be one "
+            f"of {CROSS_FAMILY_STUDENTS}"
+        )
+    positions = min(teacher.max_sequence_length, max(CROSS_FAMILY_POSITIONS, max_length or 0))
+    offset = 0 if family == "bert" else teacher.pad_token_id + 1
+    if family == "xlm-roberta-xl":
+        from minilm_jax.models.xlmr_xl import XLMRobertaXLConfig as config_class
+    else:
+        config_class = TransformerConfig
+    fields = dict(
+        family=family,
+        vocab_size=teacher.vocab_size,
+        intermediate_size=4 * hidden_size if intermediate_size is None else intermediate_size,
+        max_position_embeddings=positions + offset,
+        type_vocab_size=2 if family == "bert" else 1,
+        layer_norm_eps=1e-12 if family == "bert" else 1e-5,
+        pad_token_id=teacher.pad_token_id,
+        hidden_act="gelu",
+        dtype=teacher.dtype,
+        param_dtype=teacher.param_dtype,
+        initializer_range=teacher.initializer_range,
+        bos_token_id=getattr(teacher, "bos_token_id", None),
+        eos_token_id=getattr(teacher, "eos_token_id", None),
+        **shape,
     )
+    return config_class(**{**fields, **overrides})
 
 
 @flax.struct.dataclass
