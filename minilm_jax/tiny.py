@@ -49,6 +49,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tokenizers import processors, trainers
 
 from minilm_jax import hf
+from minilm_jax.cache import cache_dir
 from minilm_jax.models import build_model
 from minilm_jax.models.deberta import DebertaConfig
 from minilm_jax.models.modernbert import ModernBertConfig
@@ -94,12 +95,6 @@ DEBERTA_SMOKE = dict(  # DeBERTa-v3's layout
     norm_rel_ebd="layer_norm",
     position_biased_input=False,
 )
-
-
-def cache_dir() -> str:
-    return os.environ.get("MINILM_JAX_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "minilm_jax"
-    )
 
 
 def _check_family(family: str) -> None:

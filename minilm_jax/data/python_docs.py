@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import json
 import os
 import re
+import sys
 import sysconfig
 from typing import Iterator
+
+from minilm_jax.cache import cache_dir
 
 # Pure-Python modules present in every CPython build (no optional C extension, no GUI).
 STDLIB_MODULES = (
@@ -46,6 +51,8 @@ STDLIB_MODULES = (
     "xmlrpc/client xmlrpc/server zipapp zipfile _pydecimal _pyio _collections_abc _strptime"
 ).split()
 
+# Bumped when the parsing below changes, so cached corpora of an older parser are not reused.
+_FORMAT_VERSION = 1
 _MIN_WORDS = 8
 _MIN_LETTER_FRACTION = 0.75
 _CODE_LINE = re.compile(r"^\s*(>>>|\.\.\.|\$ |[-=+|~^#]{3,}|[*-] |\d+\. |::)")
@@ -101,8 +108,32 @@ def python_docs_documents() -> list[str]:
     return list(_documents())
 
 
-@functools.cache  # a few seconds of parsing; the list is the same for the whole process
+@functools.cache  # the list is the same for the whole process
 def _documents() -> tuple[str, ...]:
+    """Parsed once per installation (several seconds) and kept in the project's cache
+    directory, keyed by the interpreter and the parser's version."""
+    key = hashlib.sha256(
+        f"{_FORMAT_VERSION}|{sys.version}|{sysconfig.get_paths()['stdlib']}".encode()
+    ).hexdigest()[:16]
+    path = os.path.join(cache_dir(), f"python_docs-{key}.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return tuple(json.load(f))
+    except (OSError, ValueError):
+        pass
+    documents = _parse_documents()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(documents, f)
+        os.replace(tmp, path)  # whole or not at all, for concurrent processes
+    except OSError:  # a read-only home: parse again next time
+        pass
+    return documents
+
+
+def _parse_documents() -> tuple[str, ...]:
     texts: list[str] = []
     try:
         from pydoc_data import topics  # pylint: disable=import-outside-toplevel
