@@ -1,15 +1,12 @@
 """The mesh (data x fsdp, slices) and the fsdp rule table, on 8 forced CPU devices."""
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from minilm_jax import parallel, train
+from minilm_jax import optim, parallel, steps, train
 from minilm_jax.configs import base_config
 from minilm_jax.models.transformer import Transformer, TransformerConfig, student_config
 
@@ -34,16 +31,8 @@ def abstract_state():
     """The student's TrainState (params + AdamW state) as shapes."""
     student = nnx.eval_shape(lambda: Transformer(STUDENT, rngs=nnx.Rngs(0)))
     _, params = nnx.split(student, nnx.Param)
-    tx = train.make_optimizer(base_config(), STUDENT.num_layers)
-    return jax.eval_shape(
-        lambda p: train.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=tx.init(p),
-            rng=jax.random.key_data(jax.random.key(0)),
-        ),
-        params,
-    )
+    tx = optim.make_optimizer(base_config())
+    return jax.eval_shape(lambda p: steps.init_state(p, tx, 0), params)
 
 
 def named_leaves(tree):
@@ -184,35 +173,14 @@ def test_place_puts_each_shard_where_its_sharding_says():
 
 
 def test_default_config_mesh_step_is_bit_identical_to_the_original_mesh():
-    teacher = Transformer(TEACHER, rngs=nnx.Rngs(1))
+    """The trainer's step (train.build_step) on the default config.mesh against the original
+    1-D data mesh: every parameter and metric bit for bit."""
+    teacher = train.truncate_teacher(Transformer(TEACHER, rngs=nnx.Rngs(1)), 2)
     student = Transformer(STUDENT, rngs=nnx.Rngs(2))
-    teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
-    student_graphdef, params = nnx.split(student, nnx.Param)
     config = base_config()
+    config.teacher.layer = 2
     config.distill.num_relation_heads = 4
     config.total_steps, config.warmup_steps = 10, 1
-    tx = train.make_optimizer(config, STUDENT.num_layers)
-    spec = train.StepSpec(
-        teacher_graphdef=teacher_graphdef,
-        student_graphdef=student_graphdef,
-        teacher_layer=2,
-        relations=("qq", "kk", "vv"),
-        weights=None,
-        context=train.relation_context(config, TEACHER, STUDENT),
-    )
-    step = functools.partial(
-        train.train_step,
-        spec=spec,
-        tx=tx,
-        grad_accum_steps=1,
-        schedule=train.learning_rate_schedule(config),
-    )
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(0)),
-    )
     rng = np.random.default_rng(0)
     host_batch = {
         "input_ids": rng.integers(5, 99, (16, 24)).astype(np.int32),
@@ -220,19 +188,16 @@ def test_default_config_mesh_step_is_bit_identical_to_the_original_mesh():
         "token_type_ids": np.zeros((16, 24), np.int32),
     }
     outputs = []
-    for mesh in (parallel.make_mesh(), parallel.mesh_from_config(None)):
-        state_sharding = parallel.state_shardings(state, mesh)
-        teacher_sharding = parallel.state_shardings(teacher_params, mesh)
-        fn = jax.jit(
-            step,
-            in_shardings=(state_sharding, parallel.batch_sharded(mesh), teacher_sharding),
-            out_shardings=(state_sharding, parallel.replicated(mesh)),
-        )
-        new_state, metrics = fn(
-            parallel.place(state, state_sharding),
-            parallel.to_global(host_batch, mesh),
-            parallel.place(teacher_params, teacher_sharding),
+    for mesh in (parallel.make_mesh(), None):  # None: config.mesh, the default
+        step = train.build_step(config, TEACHER, STUDENT, mesh)
+        state = steps.init_state(nnx.state(student, nnx.Param), step.tx, 0)
+        new_state, metrics = step.train_fn(
+            parallel.place(state, step.state_sharding),
+            parallel.to_global(host_batch, step.mesh),
+            step.schedule,
+            parallel.place(nnx.state(teacher, nnx.Param), step.teacher_sharding),
         )
         outputs.append(jax.tree.map(np.asarray, (new_state.params, metrics)))
+    assert dict(step.mesh.shape) == {"slice": 1, "data": 8, "fsdp": 1}
     assert np.isfinite(outputs[0][1]["loss"])
     jax.tree.map(np.testing.assert_array_equal, outputs[0], outputs[1])
