@@ -136,7 +136,6 @@ def staged(folder: str, inputs: tuple[str, ...] = ()) -> Iterator[str]:
     copy of ``inputs`` (names in ``folder``), whose other files are uploaded to ``folder`` at
     the end."""
     if not is_url(folder):
-        os.makedirs(folder, exist_ok=True)
         yield folder
         return
     with tempfile.TemporaryDirectory(prefix="minilm_jax_staged_") as local:
