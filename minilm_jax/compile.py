@@ -3,13 +3,16 @@ r"""``python -m minilm_jax.compile``: will an experiment's train step fit a TPU 
     python -m minilm_jax.compile --config experiments/bert_base_6x384.py --topology v5e:4x4 \
         [--num_slices N] [--config.field=value ...]
 
-Compiles the trainer's jitted train step for the slice's TPU chips on this host, with no TPU,
-no weights and no data: libtpu's compile-only devices (``tpu.topology_devices``), the teacher's
-shape from its ``config.json`` (or a preset of the paper's teachers), and the state and batch
-as ``jax.ShapeDtypeStruct``s carrying the run's shardings. Prints one JSON object: XLA's
-per-device memory (arguments, temporaries, outputs), the chip's HBM, whether it fits, the
-FLOPs per step and device, and the step and run time at the chip's peak bf16 FLOP/s and at
-40% of it. Exit status 0: fits; 3: does not fit (stderr names the levers); 2: a config error.
+Compiles the trainer's jitted train step (``train.build_step(...).train_fn``, the function
+``train_and_evaluate`` calls) for the slice's TPU chips on this host, with no TPU, no weights
+and no data: libtpu's compile-only devices (``tpu.topology_devices``), the teacher's shape
+from its ``config.json`` (or a preset of the paper's teachers), and the state, batch and
+teacher as ``jax.ShapeDtypeStruct``s carrying the run's shardings (``config.mesh``,
+``config.remat``, ``config.teacher.param_dtype``, ``config.grad_accum_steps`` all apply).
+Prints one JSON object: XLA's per-device memory (arguments, temporaries, outputs), the chip's
+HBM, whether it fits, the FLOPs per step and device, and the step and run time at the chip's
+peak bf16 FLOP/s and at 40% of it. Exit status 0: fits; 3: does not fit (stderr names the
+levers); 2: a config error (``cli.run``: one ``error:`` line).
 
 XLA:TPU refuses to compile a program that exceeds the chip's HBM; the report then has the
 memory figures the compiler's message gives (arguments from the shardings) and ``fits: false``.

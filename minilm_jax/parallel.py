@@ -18,6 +18,10 @@ feeds only its own rows of the global batch (``jax.make_array_from_process_local
 ``make_mesh()`` without sizes is the original 1-D ``data`` mesh (everything replicated);
 ``mesh_from_config(config.mesh)`` builds the ``slice x data x fsdp`` mesh. With ``fsdp=1``
 both are pure data parallelism and compute the same numbers.
+
+Weights go the other way too: ``on_host()`` makes them in host memory (a teacher larger than
+one chip), ``place`` sends each device its part, ``gather`` brings whole values back to every
+host (export).
 """
 
 from __future__ import annotations
