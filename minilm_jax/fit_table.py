@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -190,10 +191,12 @@ def estimate(results: Results, experiment: str, topology: str, overrides) -> flo
             / rows_per_chip(row["topology"], row["overrides"])
         )
         guess = arguments + temporaries + other
-        # The result nearest in rows per chip predicts best.
-        distance = abs(rows - rows_per_chip(row["topology"], row["overrides"]))
-        if best is None or distance < best[0]:
-            best = (distance, guess)
+        # A compiled program predicts better than the figure of an out-of-memory message (the
+        # temporaries XLA gave up at), and the nearest rows per chip better than far ones.
+        ratio = rows / rows_per_chip(row["topology"], row["overrides"])
+        rank = (not row.get("fits"), abs(math.log(ratio)))
+        if best is None or rank < best[0]:
+            best = (rank, guess)
     return None if best is None else best[1]
 
 
@@ -219,7 +222,7 @@ def search(
 
     Slices are walked from the smallest, settings from the cheapest; a compile is skipped when
     the prediction from results so far (``estimate``: the same setting compiled anywhere, its
-    temporaries scaled by the rows per chip) is over the goal by more than 10%. With no
+    temporaries scaled by the rows per chip) is over the goal by more than 25%. With no
     results yet, the plain and the leanest setting are first compiled on the middle slice to
     give the predictions something to scale."""
     slices = [t for t in SLICES[generation] if 1024 % chips(t) == 0]
@@ -240,30 +243,43 @@ def search(
     def clearly_over(topology, levers) -> float | None:
         guess = estimate(results, experiment, topology, overrides_for(levers, topology))
         limit = (1 - goal_free) * usable(topology)
-        return guess if guess is not None and guess > 1.1 * limit else None
+        return guess if guess is not None and guess > 1.25 * limit else None
+
+    def walk(start: int, ladder) -> tuple[int, dict | None]:
+        for index in range(start, len(slices)):
+            topology = slices[index]
+            for levers in ladder:
+                overrides = overrides_for(levers, topology)
+                guess = clearly_over(topology, levers)
+                if guess is not None and results.get(experiment, topology, overrides) is None:
+                    notes.append(
+                        f"{topology} {overrides or 'plain'}: predicted {guess / GIB:.1f} GiB"
+                    )
+                    continue
+                row = run(topology, levers)
+                if meets(row, goal_free):
+                    return index, row
+                if row is not None:
+                    notes.append(f"{topology} {overrides or 'plain'}: {_one_line(row)}")
+        return len(slices), None
 
     middle = slices[len(slices) // 2]
     for levers in (LADDER[0], LADDER[-1]):
         if estimate(results, experiment, middle, overrides_for(levers, middle)) is None:
             run(middle, levers)
-    for topology in slices:
-        for levers in LADDER:
-            overrides = overrides_for(levers, topology)
-            guess = clearly_over(topology, levers)
-            if guess is not None and results.get(experiment, topology, overrides) is None:
-                notes.append(f"{topology} {overrides or 'plain'}: predicted {guess / GIB:.1f} GiB")
-                continue
-            row = run(topology, levers)
-            if meets(row, goal_free):
-                return {
-                    "experiment": experiment,
-                    "generation": generation,
-                    "row": row,
-                    "notes": notes,
-                }
-            if row is not None:
-                notes.append(f"{topology} {overrides or 'plain'}: {_one_line(row)}")
-    return {"experiment": experiment, "generation": generation, "row": None, "notes": notes}
+    index, row = walk(0, LADDER)
+    # The goal prefers no gradient accumulation: where the smallest slice needs it, also the
+    # smallest slice that does without.
+    no_accum = row
+    if row is not None and "grad_accum_steps" in row["overrides"]:
+        _, no_accum = walk(index, [lv for lv in LADDER if "grad_accum_steps" not in lv])
+    return {
+        "experiment": experiment,
+        "generation": generation,
+        "row": row,
+        "no_accum": no_accum,
+        "notes": notes,
+    }
 
 
 def _one_line(row: Mapping[str, Any]) -> str:
@@ -302,20 +318,23 @@ def markdown(found: Sequence[Mapping[str, Any]], goal_free: float) -> str:
     lines = [header]
     for item in found:
         name = os.path.splitext(os.path.basename(item["experiment"]))[0]
-        row = item["row"]
-        if row is None:
+        rows = [item["row"]]
+        if item.get("no_accum") is not None and item["no_accum"] is not item["row"]:
+            rows.append(item["no_accum"])
+        if item["row"] is None:
             lines.append(f"| {name} | {item['generation']} | none of the slices tried | | | | | |")
             continue
-        sizes = row["per_device_bytes"]
-        step = row["step_seconds"] or {}
-        hours = (row["run_hours"] or {}).get("at_40pct")
-        lines.append(
-            f"| {name} | {item['generation']} | {row['topology']} ({row['num_devices']} chips) "
-            f"| {_settings(row)} | {sizes['total'] / GIB:.2f} ({sizes['arguments'] / GIB:.2f} + "
-            f"{sizes['temporaries'] / GIB:.2f}) | {row['hbm_free_fraction']:.0%} | "
-            f"{step.get('at_peak', 0):.2f} s / {step.get('at_40pct', 0):.2f} s | "
-            f"{hours:.0f} h |"
-        )
+        for row in rows:
+            sizes = row["per_device_bytes"]
+            step = row["step_seconds"] or {}
+            hours = (row["run_hours"] or {}).get("at_40pct")
+            lines.append(
+                f"| {name} | {item['generation']} | {row['topology']} ({row['num_devices']} "
+                f"chips) | {_settings(row)} | {sizes['total'] / GIB:.2f} "
+                f"({sizes['arguments'] / GIB:.2f} + {sizes['temporaries'] / GIB:.2f}) | "
+                f"{row['hbm_free_fraction']:.0%} | {step.get('at_peak', 0):.2f} s / "
+                f"{step.get('at_40pct', 0):.2f} s | {hours:.0f} h |"
+            )
     return "\n".join(lines) + "\n"
 
 
