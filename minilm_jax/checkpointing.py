@@ -16,6 +16,11 @@ GIL during interpreter shutdown). Orbax restores the items of one call in sorted
 ``data`` before ``state``, so restoring both at once started that thread before a state
 mismatch was found. ``restore_latest`` walks back from the newest checkpoint to the newest
 one that restores (one warning line; the broken ones are moved aside, not deleted).
+
+Elastic resume: arrays are restored with the shardings of the state to restore into, so a
+checkpoint written on one mesh (say data 2 x fsdp 4 on 8 chips) continues on another (8 x 1,
+or 4 chips); Orbax reads each device's part. With the same number of hosts the data
+position restores too; with another number it cannot (``_hosts_changed``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -34,6 +40,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from minilm_jax import paths
 
 _STATE, _DATA = "state", "data"
 DAMAGED_SUFFIX = ".damaged"  # a checkpoint that could not be restored is renamed STEP.damaged
@@ -48,7 +56,7 @@ class Checkpointer:
     kept. The train loop decides when to save (periodically, on preemption, at the end)."""
 
     def __init__(self, directory: str, *, keep: int, use_async: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.resolve(directory)  # a URL (gs://) goes to Orbax as it is
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=use_async,
@@ -57,6 +65,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(_STATE, _DATA)
         )
+        self.data_restarted_at: int | None = None  # see _hosts_changed
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -86,7 +95,8 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
         """Restores ``state`` (shapes, dtypes and shardings of ``abstract_state``) and moves
-        ``data_iterator`` to the saved position in place. Returns the restored state.
+        ``data_iterator`` to the saved position in place (not when the number of hosts
+        changed: ``_hosts_changed``). Returns the restored state.
 
         Raises CheckpointError (one line) when the checkpoint does not fit ``abstract_state``
         or a file in it is missing or unreadable; ``data_iterator`` is then untouched."""
@@ -160,6 +170,8 @@ class Checkpointer:
         reason = _agree(reason)
         if reason:
             return None, reason
+        if self._hosts_changed(step):
+            return state, None  # the iterator starts its epoch afresh (_hosts_changed)
         # Last, since Grain's handler starts the iterator's prefetch thread (module docstring).
         try:
             self._manager.restore(
@@ -172,6 +184,43 @@ class Checkpointer:
             reason = f"the data position cannot be read ({_first_line(e)})"
         reason = _agree(reason)
         return (None, reason) if reason else (state, None)
+
+    def saved_process_count(self, step: int) -> int | None:
+        """How many hosts wrote checkpoint ``step`` (Grain writes one data-position file per
+        host, ``process_I-of-N.json``); None when the folder does not say."""
+        counts = set()
+        try:
+            for path in (epath.Path(self.directory) / str(step) / _DATA).iterdir():
+                match = re.fullmatch(r"process_\d+-of-(\d+)\.json", path.name)
+                if match:
+                    counts.add(int(match.group(1)))
+        except OSError:
+            return None
+        return counts.pop() if len(counts) == 1 else None
+
+    def _hosts_changed(self, step: int) -> bool:
+        """Elastic resume onto another number of hosts: the state restores onto any mesh, but
+        each host's data position belongs to its shard of the documents, which the new host
+        count redraws. Then the iterators are left at the start of their (new) epoch order
+        and the run goes on from the saved step, with one warning line."""
+        saved = self.saved_process_count(step)
+        if saved is None or saved == jax.process_count():
+            return False
+        self.data_restarted_at = step
+        if jax.process_index() == 0:
+            logging.warning(
+                "Checkpoint step %d in %s was written by %d host(s), this run has %d: the "
+                "training state is restored onto this mesh, but the data position is not (the "
+                "documents are resharded over %d host(s)); the data order restarts at the "
+                "beginning of an epoch, so documents read before step %d are read again.",
+                step,
+                self.directory,
+                saved,
+                jax.process_count(),
+                jax.process_count(),
+                step,
+            )
+        return True
 
     def _mismatch(self, step: int, abstract_state: Any) -> str | None:
         """Why checkpoint ``step`` cannot hold ``abstract_state``, from its metadata; None if
@@ -230,15 +279,23 @@ def read_state(directory: str, step: int | None = None) -> Any:
     """The saved ``state`` pytree (host numpy arrays) of ``step`` (default: the latest), for
     inspection in tests and notebooks; training restores with ``Checkpointer.restore``."""
     with ocp.CheckpointManager(
-        os.path.abspath(directory),
+        paths.resolve(directory),
         options=ocp.CheckpointManagerOptions(read_only=True),
         item_names=(_STATE, _DATA),
     ) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {directory}")
+        # Onto this process's first device, whatever mesh and host count wrote it.
+        saved = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(paths.resolve(directory)) / str(step) / _STATE
+        )
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved.tree
+        )
         restored = manager.restore(
-            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore()})
+            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)})
         )
     return jax.tree.map(np.asarray, restored[_STATE])
 

@@ -3,13 +3,16 @@ r"""``python -m minilm_jax.compile``: will an experiment's train step fit a TPU 
     python -m minilm_jax.compile --config experiments/bert_base_6x384.py --topology v5e:4x4 \
         [--num_slices N] [--config.field=value ...]
 
-Compiles the trainer's jitted train step for the slice's TPU chips on this host, with no TPU,
-no weights and no data: libtpu's compile-only devices (``tpu.topology_devices``), the teacher's
-shape from its ``config.json`` (or a preset of the paper's teachers), and the state and batch
-as ``jax.ShapeDtypeStruct``s carrying the run's shardings. Prints one JSON object: XLA's
-per-device memory (arguments, temporaries, outputs), the chip's HBM, whether it fits, the
-FLOPs per step and device, and the step and run time at the chip's peak bf16 FLOP/s and at
-40% of it. Exit status 0: fits; 3: does not fit (stderr names the levers); 2: a config error.
+Compiles the trainer's jitted train step (``train.build_step(...).train_fn``, the function
+``train_and_evaluate`` calls) for the slice's TPU chips on this host, with no TPU, no weights
+and no data: libtpu's compile-only devices (``tpu.topology_devices``), the teacher's shape
+from its ``config.json`` (or a preset of the paper's teachers), and the state, batch and
+teacher as ``jax.ShapeDtypeStruct``s carrying the run's shardings (``config.mesh``,
+``config.remat``, ``config.teacher.param_dtype``, ``config.grad_accum_steps`` all apply).
+Prints one JSON object: XLA's per-device memory (arguments, temporaries, outputs), the chip's
+HBM, whether it fits, the FLOPs per step and device, and the step and run time at the chip's
+peak bf16 FLOP/s and at 40% of it. Exit status 0: fits; 3: does not fit (stderr names the
+levers); 2: a config error (``cli.run``: one ``error:`` line).
 
 XLA:TPU refuses to compile a program that exceeds the chip's HBM; the report then has the
 memory figures the compiler's message gives (arguments from the shardings) and ``fits: false``.
@@ -27,10 +30,14 @@ from typing import Any
 
 GIB = 2**30
 MFU_ASSUMED = 0.4  # the "realistic" column: 40% of peak, typical of well-tuned TPU training
-LEVERS = (
-    "--config.mesh.fsdp (shard parameters and optimizer state), --config.grad_accum_steps "
-    "(smaller micro-batches), --config.teacher.param_dtype=bfloat16, "
-    "--config.distill.implementation=blocked, or a larger slice"
+EXIT_DOES_NOT_FIT = 3
+# The levers that lower a step's memory, as the does-not-fit line names them.
+LEVER_FIELDS = (
+    "remat",
+    "mesh.fsdp",
+    "teacher.param_dtype",
+    "grad_accum_steps",
+    "distill.implementation",
 )
 
 # The paper's teachers as their Hugging Face config.json says (the fields that shape the
@@ -88,6 +95,21 @@ TEACHER_PRESETS: dict[str, dict[str, Any]] = {
         bos_token_id=0,
         eos_token_id=2,
     ),
+    # The teachers issue's 3.5B teacher (facebook/xlm-roberta-xl).
+    "xlm-roberta-xl": dict(
+        model_type="xlm-roberta-xl",
+        vocab_size=250880,
+        hidden_size=2560,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        intermediate_size=10240,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    ),
     "xlm-roberta-base": dict(
         model_type="xlm-roberta",
         vocab_size=250002,
@@ -105,44 +127,23 @@ TEACHER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class DoesNotFit(Exception):
-    """The step needs more HBM per chip than the slice has; carries the report."""
-
-    def __init__(self, report: dict[str, Any]):
-        super().__init__(fit_message(report))
-        self.report = report
-
-
 # ---------------------------------------------------------------------------------------------
 # The teacher's shape without its weights.
 # ---------------------------------------------------------------------------------------------
 
 
 def teacher_config(config):
-    """The teacher's ``TransformerConfig`` (compute dtype = the run's): its folder's
-    config.json when it exists, else the preset named by the folder's last component, else a
-    smoke run's tiny random teacher."""
+    """The teacher's config (compute dtype = the run's): its folder's config.json when it
+    exists (smoke configs: the cached tiny random teacher's folder), else the preset named by
+    the folder's last component. No weights are read."""
     from minilm_jax import hf
-    from minilm_jax.configs import SMOKE_TEACHER
-    from minilm_jax.models.transformer import TransformerConfig
 
-    if config.teacher.tiny_random_family:
-        family = config.teacher.tiny_random_family
-        pad = 0 if family == "bert" else 1
-        # The shape tiny.write_tiny_teacher gives (its vocabulary is at most 512 entries).
-        return TransformerConfig(
-            family=family,
-            vocab_size=512,
-            max_position_embeddings=512 + (0 if family == "bert" else pad + 1),
-            type_vocab_size=2 if family == "bert" else 1,
-            layer_norm_eps=1e-12 if family == "bert" else 1e-5,
-            pad_token_id=pad,
-            dtype=config.dtype,
-            **SMOKE_TEACHER,
-        )
     path = os.path.expanduser(config.teacher.path or "")
     if os.path.isfile(os.path.join(path, "config.json")):
-        return hf.load_config(path, dtype=config.dtype)
+        try:
+            return hf.load_config(path, dtype=config.dtype)
+        except ValueError as e:
+            raise ValueError(f"config.teacher.path={config.teacher.path!r}: {e}") from None
     name = os.path.basename(os.path.normpath(path)) if path else ""
     if name in TEACHER_PRESETS:
         return hf.config_from_hf_dict(
@@ -160,68 +161,26 @@ def teacher_config(config):
 
 
 def build_train_step(config, teacher_cfg, mesh) -> tuple[Callable, tuple]:
-    """The trainer's jitted train step and abstract arguments ``(state, batch,
-    teacher_params)`` on ``mesh``: the same pieces ``train.setup_run`` uses, from shapes only
-    (``nnx.eval_shape``: no parameter is ever materialised)."""
-    import functools
-
+    """The trainer's jitted train step (``train.build_step(...).train_fn``, the very function
+    ``train_and_evaluate`` calls) and its abstract arguments ``(state, batch, schedule,
+    teacher_params)`` on ``mesh``, with the run's shardings. Shapes only: ``nnx.eval_shape``
+    builds no parameter."""
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
     from minilm_jax import parallel, train
-    from minilm_jax.models.transformer import Transformer
 
-    train.validate_against_teacher(config, teacher_cfg)
     student_cfg = train.make_student_config(config, teacher_cfg)
-    teacher = nnx.eval_shape(lambda: Transformer(teacher_cfg, rngs=nnx.Rngs(0)))
-    teacher = train.truncate_teacher(teacher, config.teacher.layer)
-    student = nnx.eval_shape(lambda: Transformer(student_cfg, rngs=nnx.Rngs(config.seed)))
-    teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
-    student_graphdef, params = nnx.split(student, nnx.Param)
-    tx = train.make_optimizer(config, student_cfg.num_layers)
-    state = jax.eval_shape(
-        lambda p: train.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=tx.init(p),
-            rng=jax.random.key_data(jax.random.key(config.seed + 1)),
-        ),
-        params,
+    step = train.build_step(config, teacher_cfg, student_cfg, mesh)
+    schedule = jax.ShapeDtypeStruct(
+        step.schedule.shape, step.schedule.dtype, sharding=parallel.replicated(mesh)
     )
-    spec = train.StepSpec(
-        teacher_graphdef=teacher_graphdef,
-        student_graphdef=student_graphdef,
-        teacher_layer=config.teacher.layer,
-        relations=tuple(config.distill.relations),
-        weights=tuple(config.distill.weights) if config.distill.weights is not None else None,
-        context=train.relation_context(config, teacher_cfg, student_cfg),
-    )
-    state_sharding = parallel.state_shardings(state, mesh)
-    teacher_sharding = parallel.state_shardings(teacher_params, mesh)
-    batch_sharding = parallel.batch_sharded(mesh)
-    step_fn = jax.jit(
-        functools.partial(
-            train.train_step,
-            spec=spec,
-            tx=tx,
-            grad_accum_steps=config.grad_accum_steps,
-            schedule=train.learning_rate_schedule(config),
-        ),
-        in_shardings=(state_sharding, batch_sharding, teacher_sharding),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    rows = jax.ShapeDtypeStruct(
-        (config.batch_size, config.max_len), jnp.int32, sharding=batch_sharding
-    )
-    batch = {"input_ids": rows, "attention_mask": rows, "token_type_ids": rows}
     args = (
-        parallel.abstract(state, state_sharding),
-        batch,
-        parallel.abstract(teacher_params, teacher_sharding),
+        step.abstract_state(config.seed),
+        step.abstract_batch(config.batch_size, config.max_len),
+        schedule,
+        step.abstract_teacher_params(),
     )
-    return step_fn, args
+    return step.train_fn, args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,13 +332,35 @@ def _times(flops: float | None, chip, total_steps: int | None) -> dict[str, Any]
 
 
 def fit_message(report: Mapping[str, Any]) -> str:
-    """One line: how far over the chip's HBM the step is, and the levers that lower it."""
-    need = report["per_device_bytes"].get("total") or report["per_device_bytes"].get("temporaries")
+    """One line: how far over the chip's HBM the step is, and the levers that lower it, each
+    with what it would act on (estimates from the report: temporaries scale with the
+    micro-batch, sharded arguments with 1/fsdp)."""
+    sizes = report["per_device_bytes"]
+    need = sizes.get("total") or sizes.get("temporaries")
     have = report["hbm_usable_bytes"]
     amount = f"{need / GIB:.2f} GiB per chip" if need else "more HBM than a chip has"
+    temporaries, arguments = sizes.get("temporaries") or 0, sizes.get("arguments") or 0
+    levers = report.get("levers", {})
+    accum = int(levers.get("grad_accum_steps", 1))
+    rows = report.get("batch_size", 0) // max(report.get("num_devices", 1) * accum, 1)
+    room = have - arguments
+    suggest = accum
+    while temporaries and suggest * 2 <= accum * rows and temporaries * accum / suggest > room:
+        suggest *= 2
+    parts = [
+        "--config.remat=attention|layer (recompute the student's activations in the backward "
+        f"pass; temporaries now {temporaries / GIB:.2f} GiB)",
+        f"--config.mesh.fsdp={report.get('num_devices')} (shard parameters and optimizer state "
+        f"over the chips; arguments now {arguments / GIB:.2f} GiB)",
+        "--config.teacher.param_dtype=bfloat16 (halve the teacher's weights)",
+        f"--config.grad_accum_steps={suggest if suggest > accum else 2 * accum} (smaller "
+        "micro-batches; temporaries scale with them)",
+        "--config.distill.implementation=blocked (relation KL in blocks)",
+        "or a larger slice",
+    ]
     return (
         f"does not fit: {amount} needed, {have / GIB:.2f} GiB usable on {report['topology']} "
-        f"({report['device_kind']}); levers: {LEVERS}"
+        f"({report['device_kind']}); levers: " + ", ".join(parts)
     )
 
 
@@ -388,38 +369,23 @@ def fit_message(report: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_config(config, num_devices: int) -> None:
-    """The checks of ``train.validate_config`` that do not need data or the host's devices,
-    against the slice's device count."""
-    from minilm_jax.models.transformer import DTYPES
-
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype={config.dtype!r}: allowed: {DTYPES}")
-    for field in ("batch_size", "grad_accum_steps", "max_len", "total_steps"):
-        if int(config[field]) <= 0:
-            raise ValueError(f"config.{field}={config[field]!r}: must be a positive integer")
-    if config.batch_size % (config.grad_accum_steps * num_devices):
-        raise ValueError(
-            f"config.batch_size={config.batch_size} must split into grad_accum_steps="
-            f"{config.grad_accum_steps} micro-batches that are each a multiple of the "
-            f"{num_devices} devices of the slice"
-        )
-
-
 def fit_check(config, topology_name: str, num_slices: int = 1) -> dict[str, Any]:
-    """The report for ``config``'s train step on ``num_slices`` x ``topology_name``."""
-    from minilm_jax import parallel, tpu
+    """The report for ``config``'s train step on ``num_slices`` x ``topology_name``.
+
+    ``config`` is checked as the trainer checks it (``train.validate_config``), against the
+    slice's chips instead of this host's devices; its data is not looked at."""
+    from minilm_jax import parallel, tpu, train
 
     topology = tpu.parse_topology(topology_name)
     if num_slices < 1:
         raise ValueError(f"--num_slices={num_slices}: must be a positive integer")
+    config = config.copy_and_resolve_references()
+    if num_slices > 1 and config.mesh.slices == 1:
+        config.mesh.slices = num_slices  # --num_slices says it; config.mesh need not
     devices = tpu.topology_devices(topology, num_slices)
-    mesh_config = dict(config.get("mesh").items()) if config.get("mesh") is not None else {}
-    if num_slices > 1 and mesh_config.get("slices", 1) == 1:
-        mesh_config["slices"] = num_slices  # --num_slices says it; config.mesh may not
-    mesh = parallel.mesh_from_config(mesh_config, devices)
-    check_config(config, len(devices))
     teacher_cfg = teacher_config(config)
+    train.validate_config(config, num_devices=len(devices), teacher_cfg=teacher_cfg)
+    mesh = parallel.mesh_from_config(config.mesh, devices)
     step_fn, args = build_train_step(config, teacher_cfg, mesh)
     report = compile_report(
         step_fn,
@@ -433,8 +399,15 @@ def fit_check(config, topology_name: str, num_slices: int = 1) -> dict[str, Any]
     report.update(
         batch_size=int(config.batch_size),
         max_len=int(config.max_len),
-        grad_accum_steps=int(config.grad_accum_steps),
         dtype=config.dtype,
+        levers={
+            "remat": config.remat,
+            "fsdp": parallel.axis_size(mesh, parallel.FSDP_AXIS),
+            "teacher_param_dtype": config.teacher.param_dtype,
+            "grad_accum_steps": int(config.grad_accum_steps),
+            "distill_implementation": config.distill.implementation,
+        },
+        grad_accum_steps=int(config.grad_accum_steps),
         libtpu=tpu.check_libtpu(),
     )
     return report
@@ -445,44 +418,50 @@ def fit_check(config, topology_name: str, num_slices: int = 1) -> dict[str, Any]
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    if len(argv) > 1:
-        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
-    # The host compiles, it never runs: keep JAX on the CPU (a TPU VM's chips may be busy
-    # training) and libtpu's runtime unstarted; the compile-only devices still use libtpu.
+def keep_jax_on_cpu() -> None:
+    """The host compiles, it never runs: JAX's own backend stays on the CPU (a TPU VM's chips
+    may be busy training; libtpu's runtime is not started) while the compile-only devices
+    still use libtpu; compile-only executables stay out of the persistent cache
+    (``compile_report``). Call before JAX starts a backend."""
     import jax
 
     jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_enable_compilation_cache", False)  # see compile_report
-    config = flags.FLAGS["config"].value
-    try:
-        report = fit_check(config, flags.FLAGS["topology"].value, flags.FLAGS["num_slices"].value)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    report = {"experiment": flags.FLAGS["config"].config_filename, **report}
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
+def _program(args, config) -> int:
+    report = {"experiment": args.config, **fit_check(config, args.topology, args.num_slices)}
     print(json.dumps(report, indent=2), flush=True)
     if not report["fits"]:
         print(fit_message(report), file=sys.stderr, flush=True)
-        sys.exit(3)
+        return EXIT_DOES_NOT_FIT
+    return 0
 
 
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
+def main(argv=None) -> None:
+    from minilm_jax import cli
 
-    config_flags.DEFINE_config_file(
-        "config", None, "Experiment file (experiments/NAME.py[:ARGS]).", lock_config=True
+    keep_jax_on_cpu()
+    cli.run(
+        _program,
+        argv,
+        prog="minilm_jax.compile",
+        description="Will an experiment's train step fit a TPU slice? (compile only)",
+        flags=[
+            cli.flag(
+                "--topology",
+                required=True,
+                help="TPU slice: v5e:4x4, v5e-16, v4-32, v5p:2x2x1, ... (libtpu's or Cloud's name)",
+            ),
+            cli.flag(
+                "--num_slices",
+                type=int,
+                default=1,
+                help="Slices joined by the data-centre network.",
+            ),
+        ],
     )
-    flags.DEFINE_string("topology", None, "TPU slice: v5e:4x4, v5e-16, v4-32, v5p:2x2x1, ...")
-    flags.DEFINE_integer("num_slices", 1, "Slices joined by the data-centre network.")
-    flags.mark_flags_as_required(["config", "topology"])
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    main()

@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict()
     c.teacher.path = ""  # local Hugging Face folder (config.json + model.safetensors)
     c.teacher.layer = 12  # 1-based teacher layer whose relations are distilled
+    # Storage dtype of the frozen teacher's weights: "float32" or "bfloat16" (half the HBM;
+    # the teacher still computes in `dtype`). See docs/scaling.md for its effect on relations.
+    c.teacher.param_dtype = "float32"
 
     c.student = ml_collections.ConfigDict()
     c.student.spec = "6x384"  # LAYERSxHIDDEN
@@ -63,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_len = 512  # tokens per packed sequence
     c.batch_size = 1024  # global batch (sequences), split over every device of every host
     c.grad_accum_steps = 1  # micro-batches per optimizer step (the batch is split into them)
+    # Student activations recomputed in the backward pass instead of kept: "none" | "attention"
+    # (scores, softmax, GELU, LayerNorms) | "layer" (all of each layer). Same results, less HBM.
+    c.remat = "none"
     c.eval_batch_size = 64  # global batch for the held-out loss
     c.data.max_eval_batches = (
         20  # held-out batches per evaluation (None = the whole held-out split)
@@ -94,6 +100,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Multi-host: all None = single process (or auto=True to let the cluster say).
     c.distributed = distributed_config()
+    c.mesh = mesh_config()  # how the devices split the work (docs/scaling.md)
+    return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """The device mesh: slices x data x fsdp = every device of every host. The batch is split
+    over all of them; `fsdp` devices also split the parameters, the optimizer state and the
+    frozen teacher (the default, fsdp=1, is pure data parallelism: everything replicated)."""
+    c = ml_collections.ConfigDict()
+    c.data = -1  # data-parallel devices per slice (-1: all the other axes leave)
+    c.fsdp = 1  # devices that shard parameters and optimizer state (-1: all the others leave)
+    c.slices = 1  # TPU slices joined by the data-centre network (outer data parallelism)
     return c
 
 
@@ -146,6 +164,7 @@ def finetune_base_config() -> ml_collections.ConfigDict:
     c.sweep.seeds = (0, 1, 2)  # head init, dropout and data order of each run
 
     c.distributed = distributed_config()
+    c.mesh = mesh_config()  # how the devices split the work (docs/scaling.md)
     return c
 
 

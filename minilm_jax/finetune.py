@@ -136,6 +136,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tasks_lib.Task:
     for field in ("max_train_examples", "max_eval_examples"):
         if int(config[field]) < 0:
             fail(field, config[field], "must be >= 0 (0 = all)")
+    parallel.mesh_shape(config.get("mesh"), jax.device_count())
     parallel.check_batch_size(config.batch_size, "batch_size")
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     grid = config.sweep
@@ -244,12 +245,17 @@ class Finetuner:
         mesh=None,
     ):
         self.config, self.task, self.student, self.data = config, task, student, data
-        self.mesh = parallel.make_mesh() if mesh is None else mesh
+        # config.mesh and the fsdp rule table, as distillation (parallel.py).
+        self.mesh = parallel.mesh_from_config(config.get("mesh")) if mesh is None else mesh
         self.buckets = length_buckets(config.max_len, config.length_buckets)
         self.tx = optim.make_optimizer(config)
         model = nnx.eval_shape(lambda: self.build(seed=0))
         self.graphdef = nnx.graphdef(model)
         replicated, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+        self.state_sharding = parallel.state_shardings(
+            jax.eval_shape(lambda: steps.init_state(nnx.state(model, nnx.Param), self.tx, 0)),
+            self.mesh,
+        )
 
         def loss_fn(params, aux, batch, dropout_key):
             del aux
@@ -259,14 +265,14 @@ class Finetuner:
             loss_fn,
             self.tx,
             grad_accum_steps=1,
-            state_sharding=replicated,
+            state_sharding=self.state_sharding,
             batch_sharding=batch,
             aux_sharding=replicated,
             replicated=replicated,
         )
         self.predict_fn = jax.jit(
             lambda params, batch: task.predict(nnx.merge(self.graphdef, params), batch),
-            in_shardings=(replicated, batch),
+            in_shardings=(self.state_sharding.params, batch),
             out_shardings=replicated,
         )
 
@@ -275,8 +281,9 @@ class Finetuner:
         return self.task.build_model(self.student.encoder(), self.config, rngs=nnx.Rngs(seed))
 
     def init_state(self, seed: int) -> steps.TrainState:
-        params = nnx.state(self.build(seed), nnx.Param)
-        return parallel.replicate(steps.init_state(params, self.tx, seed + 1), self.mesh)
+        with parallel.on_host():
+            state = steps.init_state(nnx.state(self.build(seed), nnx.Param), self.tx, seed + 1)
+        return parallel.place(state, self.state_sharding)
 
     def total_steps(self, epochs: int) -> int:
         return steps_per_epoch(len(self.data.train), self.config.batch_size) * epochs
@@ -391,11 +398,7 @@ class Finetuner:
         }
         if run_dir and main_host:
             write_outputs(run_dir, evaluation)
-        params = (
-            jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), result.state.params)
-            if keep_params
-            else None
-        )
+        params = parallel.gather(result.state.params) if keep_params else None
         return RunResult(record, outputs, evaluation.arrays, evaluation.files, params)
 
     def predict(self, params, features: tasks_lib.Features) -> dict[str, np.ndarray]:

@@ -11,6 +11,8 @@ from typing import Mapping
 
 import jax
 
+from minilm_jax import paths
+
 
 class MetricWriter:
     """Writes scalars to ``workdir/tensorboard`` and ``workdir/metrics.jsonl`` (host 0 only).
@@ -30,11 +32,12 @@ class MetricWriter:
         if self.enabled:
             from tensorboardX import SummaryWriter  # protobuf-only event writer
 
-            path = os.path.join(workdir, "metrics.jsonl")
-            if resume_step is not None and os.path.exists(path):
+            path = paths.join(workdir, "metrics.jsonl")  # workdir may be a URL (paths.py)
+            if resume_step is not None and paths.exists(path):
                 _truncate_after(path, resume_step)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
-            self._jsonl = open(path, "a", encoding="utf-8")
+            logdir = paths.tensorboard_logdir(paths.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(logdir, flush_secs=10)
+            self._jsonl = paths.open_log(path, "a")
 
     def write(self, step: int, scalars: Mapping[str, float], *, kind: str) -> None:
         """``kind`` prefixes TensorBoard tags ("train", "eval") and labels the JSONL record."""
@@ -54,16 +57,20 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def _truncate_after(path: str, step: int) -> None:
     """Drops the records of steps after ``step`` (atomically: a crash leaves the old file)."""
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) == len(lines):
+        return
+    if paths.is_url(path):  # an object store replaces an object whole
+        with paths.open(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
         return
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -18,10 +18,15 @@ feeds only its own rows of the global batch (``jax.make_array_from_process_local
 ``make_mesh()`` without sizes is the original 1-D ``data`` mesh (everything replicated);
 ``mesh_from_config(config.mesh)`` builds the ``slice x data x fsdp`` mesh. With ``fsdp=1``
 both are pure data parallelism and compute the same numbers.
+
+Weights go the other way too: ``on_host()`` makes them in host memory (a teacher larger than
+one chip), ``place`` sends each device its part, ``gather`` brings whole values back to every
+host (export).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -247,14 +252,18 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
 
 
-def check_batch_size(batch_size: int, field: str) -> None:
-    """Fails early, naming the config field, when a global batch cannot be split evenly."""
-    devices, processes = jax.device_count(), jax.process_count()
+def check_batch_size(batch_size: int, field: str, num_devices: int | None = None) -> None:
+    """Fails early, naming the config field, when a global batch cannot be split evenly over
+    this run's devices (or ``num_devices``: another machine's)."""
+    if num_devices is None:
+        devices, where = jax.device_count(), f" over {jax.process_count()} process(es)"
+    else:
+        devices, where = num_devices, ""
     if batch_size <= 0 or batch_size % devices:
         raise ValueError(
             f"config.{field}={batch_size} must be a positive multiple of the number of devices "
-            f"({devices} over {processes} process(es)): every device takes an equal share of "
-            "the batch, whatever config.mesh says."
+            f"({devices}{where}): every device takes an equal share of the batch, whatever "
+            "config.mesh says."
         )
 
 
@@ -337,6 +346,17 @@ def abstract(tree: Any, shardings: Any) -> Any:
     )
 
 
+def on_host():
+    """A context in which new arrays are made in host memory (JAX's CPU backend) instead of
+    on the first accelerator: weights loaded or initialised whole, before ``place`` gives
+    every device its part. A no-op where the CPU backend is not enabled."""
+    try:
+        cpu = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return contextlib.nullcontext()
+    return jax.default_device(cpu)
+
+
 def place(tree: Any, shardings: Any) -> Any:
     """Puts a pytree that every host holds whole onto the mesh with ``shardings`` (each device
     gets its slice). Goes through host memory so it works for arrays committed to one local
@@ -356,6 +376,17 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
     )
+
+
+def gather(tree: Any) -> Any:
+    """Every leaf of ``tree`` (global arrays, sharded in any way) as a whole NumPy array on
+    every host: for export, plots and tests. In multi-host runs every host must call it (the
+    shards other hosts hold come through a collective)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def bytes_per_device(tree: Any, shardings: Any) -> int:

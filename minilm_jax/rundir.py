@@ -24,6 +24,10 @@ student). It guarantees, in this order (docs/run_directory.md has the user's vie
    is no run to mix with. Every start appends one JSON line to ``HISTORY_FILE`` (time, kind,
    whether it resumed, the changed fields as [old, new]).
 
+A workdir given as a URL (``gs://bucket/run``; ``minilm_jax.paths``) gets 1 and 3 through the
+path layer, but no lock: object stores have no atomic create-if-absent that fsspec exposes,
+so one writer per run directory is the job scheduler's promise there (one warning line).
+
 Multi-host runs: only process 0 touches the files; its decision (or its one-line error) is
 broadcast to every process with ``jax.experimental.multihost_utils``, so every host returns
 the same ``Claim`` or raises the same ``RunDirError``. Single-process runs need no
@@ -44,6 +48,8 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from minilm_jax import paths
 
 MARKER_FILE = ".minilm_jax_run"  # JSON: kind, created, version; says "this folder is a run"
 LOCK_FILE = ".minilm_jax_lock"  # JSON: host, pid, start, time, kind, token
@@ -168,12 +174,15 @@ def acquire(
         process_index, process_count = jax.process_index(), jax.process_count()
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
         raise RunDirError(f"workdir={workdir!r}: expected the path of a folder")
-    workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+    workdir = paths.resolve(workdir)
     new = flatten_config(config)
     run = None
     if process_index == 0:
         try:
-            run = _claim_here(workdir, new, kind, holds_runs)
+            if paths.is_url(workdir):
+                run = _claim_url(workdir, new, kind)
+            else:
+                run = _claim_here(workdir, new, kind, holds_runs)
             outcome: dict[str, Any] = {"resumed": run.resumed, "changed": run.changed}
         except RunDirError as e:
             outcome = {"error": str(e)}
@@ -313,6 +322,47 @@ def _claim_here(workdir: str, new: dict[str, Any], kind: str, holds_runs: bool) 
             ", ".join(f"{n} {_show(o)} -> {_show(v)}" for n, (o, v) in changed.items()),
         )
     return Claim(workdir, kind, resumed, changed, is_main=True, _lock=lock)
+
+
+def _claim_url(workdir: str, new: dict[str, Any], kind: str) -> Claim:
+    """``_claim_here`` for a URL workdir: ownership and the config check, no lock."""
+    logging.warning(
+        "%s: object stores give no lock; make sure one job at a time writes this run", workdir
+    )
+    marker_path = paths.join(workdir, MARKER_FILE)
+    config_path = paths.join(workdir, CONFIG_FILE)
+    entries = paths.listdir(workdir) if paths.isdir(workdir) else []
+    if MARKER_FILE not in entries and entries:
+        raise RunDirError(
+            f"workdir {workdir} is not empty and is not a minilm_jax run directory (it holds "
+            f"{', '.join(sorted(entries)[:5])}; no {MARKER_FILE}): nothing was written. Choose "
+            "a new or empty folder"
+        )
+    if MARKER_FILE in entries:
+        with paths.open(marker_path, encoding="utf-8") as f:
+            text = f.read()
+        marker_kind = json.loads(text).get("kind") if text.strip() else None
+        if marker_kind not in (None, kind):
+            raise RunDirError(
+                f"workdir {workdir} is a {marker_kind} run directory; a {kind} run needs its "
+                "own --workdir"
+            )
+    old = None
+    if paths.exists(config_path):
+        with paths.open(config_path, encoding="utf-8") as f:
+            old = flatten_config(json.load(f))
+    changed = config_changes(old, new) if old is not None else {}
+    unsafe = {name: values for name, values in changed.items() if not is_safe_field(name)}
+    own = {MARKER_FILE, CONFIG_FILE, HISTORY_FILE}
+    if unsafe and any(e not in own for e in entries):
+        raise RunDirError(_refusal(workdir, unsafe))
+    paths.makedirs(workdir)
+    if MARKER_FILE not in entries:
+        with paths.open(marker_path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(_marker(kind)) + "\n")
+    with paths.open(config_path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(unflatten_config(new), indent=2, sort_keys=True) + "\n")
+    return Claim(workdir, kind, old is not None and not unsafe, changed, is_main=True)
 
 
 def _check_folder(workdir: str, kind: str, holds_runs: bool = False) -> bool:

@@ -28,9 +28,10 @@ import numpy as np
 from flax import nnx
 
 from minilm_jax import checkpointing, data, hf, loop, metrics, models, optim, parallel, relations
-from minilm_jax import rundir, steps
+from minilm_jax import paths, rundir, steps
 from minilm_jax.configs import check_positive, fail
 from minilm_jax.loop import TrainingError  # noqa: F401  (part of this module's API)
+from minilm_jax.models import remat as remat_lib
 from minilm_jax.models.transformer import (
     CROSS_FAMILY_STUDENTS,
     DTYPES,
@@ -58,13 +59,23 @@ def student_path(config: ml_collections.ConfigDict) -> str:
     return os.path.expanduser(config.student.path)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+def validate_config(
+    config: ml_collections.ConfigDict, *, num_devices: int | None = None, teacher_cfg=None
+) -> TransformerConfig:
     """Raises ``ValueError`` naming the field and the allowed values for every bad setting;
-    returns the teacher's config (read from its config.json only)."""
+    returns the teacher's config (read from its config.json only).
+
+    ``num_devices``: check for a machine other than this one (the compile-only fit check:
+    the slice's chip count); its data is then not looked at. ``teacher_cfg``: the teacher's
+    shape when it is known without its folder (the fit check's presets)."""
     for module in config.distill.relation_modules:
         importlib.import_module(module)  # registers user relations before they are looked up
     if config.dtype not in DTYPES:
         fail("dtype", config.dtype, f"allowed: {DTYPES}")
+    if config.teacher.param_dtype not in DTYPES:
+        fail("teacher.param_dtype", config.teacher.param_dtype, f"allowed: {DTYPES}")
+    if config.remat not in remat_lib.POLICIES:
+        fail("remat", config.remat, f"allowed: {remat_lib.POLICIES}")
     _check_student_fields(config)
     if config.distill.implementation not in relations.IMPLEMENTATIONS:
         fail(
@@ -89,14 +100,16 @@ def validate_config(config: ml_collections.ConfigDict) -> TransformerConfig:
         fail("learning_rate", config.learning_rate, "must be > 0")
     if config.eval_every < 0:
         fail("eval_every", config.eval_every, "must be >= 0 (0 = only at the start and the end)")
-    parallel.check_batch_size(config.batch_size, "batch_size")
-    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-    if config.batch_size % (config.grad_accum_steps * jax.device_count()):
+    devices = jax.device_count() if num_devices is None else num_devices
+    parallel.mesh_shape(config.mesh, devices)  # sizes whose product is not the device count
+    parallel.check_batch_size(config.batch_size, "batch_size", devices)
+    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", devices)
+    if config.batch_size % (config.grad_accum_steps * devices):
         fail(
             "grad_accum_steps",
             config.grad_accum_steps,
             f"batch_size={config.batch_size} must split into grad_accum_steps micro-batches "
-            f"that are each a multiple of the {jax.device_count()} devices",
+            f"that are each a multiple of the {devices} devices",
         )
     relation_names = tuple(config.distill.relations)
     if not relation_names:
@@ -112,16 +125,11 @@ def validate_config(config: ml_collections.ConfigDict) -> TransformerConfig:
             config.distill.weights,
             f"needs one weight per relation {relation_names} (or None for all 1)",
         )
-    data_cfg = data.validate_data_config(config.data)
-    if data_cfg["num_epochs"] is not None and jax.process_count() > 1:
-        fail(
-            "data.num_epochs",
-            data_cfg["num_epochs"],
-            "must be None in multi-host runs (hosts hold different shards and would run out "
-            "at different steps); bound the run with total_steps instead",
-        )
-    if data_cfg["text_files"]:
-        data.expand_globs(data_cfg["text_files"])  # a glob that matches nothing: name it now
+    if num_devices is None:  # the data of a run on this machine
+        _validate_data(config)
+    if teacher_cfg is not None:
+        validate_against_teacher(config, teacher_cfg)
+        return teacher_cfg
 
     path = teacher_path(config)
     if not path:
@@ -160,6 +168,19 @@ def _check_student_fields(config) -> None:
             config.student.family,
             f"allowed: '' (the teacher's family) or one of {families}",
         )
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+    data_cfg = data.validate_data_config(config.data)
+    if data_cfg["num_epochs"] is not None and jax.process_count() > 1:
+        fail(
+            "data.num_epochs",
+            data_cfg["num_epochs"],
+            "must be None in multi-host runs (hosts hold different shards and would run out "
+            "at different steps); bound the run with total_steps instead",
+        )
+    if data_cfg["text_files"]:
+        data.expand_globs(data_cfg["text_files"])  # a glob that matches nothing: name it now
 
 
 def validate_against_teacher(config: ml_collections.ConfigDict, teacher_cfg) -> None:
@@ -560,12 +581,17 @@ class StepSpec:
     relations: tuple[str, ...]
     weights: tuple[float, ...] | None
     context: relations.RelationContext
+    remat: str = "none"  # the student's layers (models.remat)
 
 
 def distill_loss(params, teacher_params, batch, dropout_key, *, spec: StepSpec):
     """The MiniLMv2 loss of one batch: teacher up to its layer L (no gradient), the student's
     last layer, relation KLs. Dropout is on when ``dropout_key`` is given (training).
-    Returns ``(loss, {"loss/NAME": per-relation loss})``."""
+    Returns ``(loss, {"loss/NAME": per-relation loss})``.
+
+    The teacher is not differentiated (its parameters are not the gradient's argument), so
+    none of its activations is kept for the backward pass: XLA frees each layer's as soon as
+    the next one is computed (checked in tests/podscale_test.py)."""
     teacher = nnx.merge(spec.teacher_graphdef, teacher_params)
     teacher_out = teacher(
         batch["input_ids"],
@@ -581,6 +607,7 @@ def distill_loss(params, teacher_params, batch, dropout_key, *, spec: StepSpec):
         batch["token_type_ids"],
         deterministic=dropout_key is None,
         rngs=nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None,
+        remat=spec.remat,
     )
     loss, per_relation = relations.distillation_loss(
         teacher_qkv,
@@ -627,8 +654,14 @@ class DistillStep:
 
     ``train_fn(state, batch, schedule, teacher_params) -> (state, metrics)`` is
     ``steps.train_step`` with the MiniLMv2 loss bound; ``eval_fn(params, teacher_params,
-    batch)`` gives held-out sums. Nothing here holds weights: ``abstract_state()`` and
-    ``abstract_teacher_params()`` describe the arguments, for compiling without data."""
+    batch)`` gives held-out sums. Nothing here holds weights: ``abstract_state()``,
+    ``abstract_teacher_params()`` and ``abstract_batch()`` describe the arguments, with their
+    shardings, for compiling without data (``minilm_jax.compile``).
+
+    Shardings (``parallel``): the batch is split over every device; the student's state and
+    the teacher's parameters follow ``parallel.FSDP_RULES`` on the mesh's ``fsdp`` axis
+    (``state_sharding``, ``teacher_sharding``: trees of ``NamedSharding``; all replicated
+    when fsdp is 1)."""
 
     spec: StepSpec
     tx: Any
@@ -643,21 +676,30 @@ class DistillStep:
     teacher_cfg: Any  # truncated to the distillation layer
 
     def abstract_teacher_params(self):
-        model = nnx.eval_shape(
-            lambda: models.build_model(self.teacher_cfg, rngs=nnx.Rngs(0), add_pooler=False)
-        )
-        return _with_sharding(nnx.state(model, nnx.Param), self.teacher_sharding)
+        return _with_sharding(_teacher_shapes(self.teacher_cfg), self.teacher_sharding)
 
     def abstract_state(self, seed: int = 0):
-        def init():
-            student = models.build_model(self.student_cfg, rngs=nnx.Rngs(seed))
-            return steps.init_state(nnx.state(student, nnx.Param), self.tx, seed + 1)
-
-        return _with_sharding(jax.eval_shape(init), self.state_sharding)
+        return _with_sharding(_state_shapes(self.student_cfg, self.tx, seed), self.state_sharding)
 
     def abstract_batch(self, batch_size: int, length: int):
         spec = jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=self.batch_sharding)
         return {"input_ids": spec, "attention_mask": spec, "token_type_ids": spec}
+
+
+def _teacher_shapes(teacher_cfg):
+    """The (truncated) teacher's parameters as shapes, in its ``param_dtype``."""
+    model = nnx.eval_shape(
+        lambda: models.build_model(teacher_cfg, rngs=nnx.Rngs(0), add_pooler=False)
+    )
+    return nnx.state(model, nnx.Param)
+
+
+def _state_shapes(student_cfg, tx, seed: int = 0):
+    def init():
+        student = models.build_model(student_cfg, rngs=nnx.Rngs(seed))
+        return steps.init_state(nnx.state(student, nnx.Param), tx, seed + 1)
+
+    return jax.eval_shape(init)
 
 
 def _with_sharding(tree, sharding):
@@ -671,11 +713,16 @@ def _with_sharding(tree, sharding):
     )
 
 
-def build_step(config, teacher_cfg, student_cfg, mesh: jax.sharding.Mesh) -> DistillStep:
-    """The optimizer, the loss and the jitted steps of ``config`` on ``mesh``, from the
-    teacher's and student's configs only (graph definitions come from ``nnx.eval_shape``)."""
+def build_step(
+    config, teacher_cfg, student_cfg, mesh: jax.sharding.Mesh | None = None
+) -> DistillStep:
+    """The optimizer, the loss and the jitted steps of ``config`` on ``mesh`` (default:
+    ``config.mesh`` over every device of every host), from the teacher's and student's
+    configs only (graph definitions and shapes come from ``nnx.eval_shape``)."""
+    mesh = parallel.mesh_from_config(config.mesh) if mesh is None else mesh
     layer = config.teacher.layer
-    truncated_cfg = teacher_cfg.replace(num_layers=layer)
+    # The frozen teacher is stored in teacher.param_dtype and computes in the run's dtype.
+    truncated_cfg = teacher_cfg.replace(num_layers=layer, param_dtype=config.teacher.param_dtype)
     teacher_graphdef = nnx.graphdef(
         nnx.eval_shape(
             lambda: models.build_model(truncated_cfg, rngs=nnx.Rngs(0), add_pooler=False)
@@ -695,20 +742,23 @@ def build_step(config, teacher_cfg, student_cfg, mesh: jax.sharding.Mesh) -> Dis
         relations=tuple(config.distill.relations),
         weights=tuple(config.distill.weights) if config.distill.weights is not None else None,
         context=relation_context(config, teacher_cfg, student_cfg),
+        remat=config.remat,
     )
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    state_sharding = parallel.state_shardings(_state_shapes(student_cfg, tx), mesh)
+    teacher_sharding = parallel.state_shardings(_teacher_shapes(truncated_cfg), mesh)
     train_fn = steps.jit_train_step(
         functools.partial(distill_loss, spec=spec),
         tx,
         grad_accum_steps=config.grad_accum_steps,
-        state_sharding=replicated,
+        state_sharding=state_sharding,
         batch_sharding=batch_sharding,
-        aux_sharding=replicated,
+        aux_sharding=teacher_sharding,
         replicated=replicated,
     )
     eval_fn = jax.jit(
         functools.partial(eval_step, spec=spec),
-        in_shardings=(replicated, replicated, batch_sharding),
+        in_shardings=(state_sharding.params, teacher_sharding, batch_sharding),
         out_shardings=replicated,
     )
     return DistillStep(
@@ -716,8 +766,8 @@ def build_step(config, teacher_cfg, student_cfg, mesh: jax.sharding.Mesh) -> Dis
         tx=tx,
         schedule=optim.schedule(config.learning_rate, config.warmup_steps, config.total_steps),
         mesh=mesh,
-        state_sharding=replicated,
-        teacher_sharding=replicated,
+        state_sharding=state_sharding,
+        teacher_sharding=teacher_sharding,
         batch_sharding=batch_sharding,
         train_fn=train_fn,
         eval_fn=eval_fn,
@@ -759,13 +809,17 @@ class Run:
 
 
 def setup_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
-    """Loads the teacher, initialises the student and optimizer on ``mesh`` (default: every
-    device of every host). The steps are compiled at their first call."""
+    """Loads the teacher, initialises the student and optimizer on ``mesh`` (default:
+    ``config.mesh`` over every device of every host), each array placed with the step's
+    sharding. The steps are compiled at their first call."""
     path = teacher_path(config)
-    teacher_cfg, teacher = hf.load_pretrained(path, dtype=jnp.dtype(config.dtype))
-    validate_against_teacher(config, teacher_cfg)
-    student_cfg = make_student_config(config, teacher_cfg)
-    student = init_student(config, student_cfg, teacher, teacher_cfg)
+    # Weights are made in host memory, then `place` sends each device its part: a large
+    # teacher (XLM-R XL, 14 GB in float32) never has to fit one chip whole.
+    with parallel.on_host():
+        teacher_cfg, teacher = hf.load_pretrained(path, dtype=jnp.dtype(config.dtype))
+        validate_against_teacher(config, teacher_cfg)
+        student_cfg = make_student_config(config, teacher_cfg)
+        student = init_student(config, student_cfg, teacher, teacher_cfg)
     teacher = truncate_teacher(teacher, config.teacher.layer)
     logging.info(
         "teacher %s (layer %d of %d), student %s",
@@ -774,8 +828,12 @@ def setup_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
         teacher_cfg.num_layers,
         student_cfg,
     )
-    step = build_step(config, teacher_cfg, student_cfg, mesh or parallel.make_mesh())
-    state = steps.init_state(nnx.state(student, nnx.Param), step.tx, config.seed + 1)
+    step = build_step(config, teacher_cfg, student_cfg, mesh)
+    with parallel.on_host():
+        state = steps.init_state(nnx.state(student, nnx.Param), step.tx, config.seed + 1)
+        teacher_params = jax.tree.map(
+            lambda x: x.astype(config.teacher.param_dtype), nnx.state(teacher, nnx.Param)
+        )
     return Run(
         teacher_path=path,
         teacher_cfg=teacher_cfg,
@@ -783,8 +841,8 @@ def setup_run(config, mesh: jax.sharding.Mesh | None = None) -> Run:
         teacher=teacher,
         tokenizer=hf.load_tokenizer(path),
         step=step,
-        teacher_params=parallel.replicate(nnx.state(teacher, nnx.Param), step.mesh),
-        state=parallel.replicate(state, step.mesh),
+        teacher_params=parallel.place(teacher_params, step.teacher_sharding),
+        state=parallel.place(state, step.state_sharding),
     )
 
 
@@ -824,11 +882,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Distils the teacher into a fresh (or resumed) student; returns a summary dict with
     the held-out losses at the start and end and the path of the exported student.
 
-    The config is validated first; then ``workdir`` is claimed (``rundir.claim``: a run
-    directory of this run only, one writer at a time, a resumed run's config checked against
-    the saved one; docs/run_directory.md), before anything is written into it. A run stopped
-    by a signal checkpoints the current step and returns early: the summary then holds
-    ``preempted_at``, ``signal`` and ``exit_code`` (130 after Ctrl-C, 143 after SIGTERM).
+    The config is validated first; then ``workdir`` (a local folder or a URL, gs://...) is
+    claimed (``rundir.claim``: a run directory of this run only, one writer at a time, a
+    resumed run's config checked against the saved one; docs/run_directory.md), before
+    anything is written into it. A run stopped by a signal checkpoints the current step and
+    returns early: the summary then holds ``preempted_at``, ``signal`` and ``exit_code`` (130
+    after Ctrl-C, 143 after SIGTERM).
     """
     parallel.initialize_distributed(config.distributed)
     validate_config(config)
@@ -852,7 +911,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         cleanup.callback(train_iter.close)
         ckpt = checkpointing.Checkpointer(
-            os.path.join(workdir, "checkpoints"),
+            paths.join(workdir, "checkpoints"),
             keep=config.keep_checkpoints,
             use_async=config.async_checkpoints,
         )
@@ -928,8 +987,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         summary["eval_end"] = run_eval(state.params, result.last_step)
     summary["last_checkpoint"] = result.last_step
 
-    # Replicated arrays: this host's first shard is the whole value, even in multi-host runs.
-    host_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
+    # Whole values on every host (fsdp shards gathered; every host takes part).
+    host_params = parallel.gather(state.params)
     student_graphdef = run.step.spec.student_graphdef
     if config.export_hf:
         summary["hf_student"] = export_student(
@@ -943,11 +1002,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         from minilm_jax import plots
 
         student = nnx.merge(student_graphdef, host_params)
-        summary["plots"] = plots.write_run_plots(
-            workdir, run.teacher, student, run.tokenizer, config, eval_text=config.plot_text
-        )
+        with paths.staged(workdir, inputs=("metrics.jsonl",)) as local:  # matplotlib: local
+            written = plots.write_run_plots(
+                local, run.teacher, student, run.tokenizer, config, eval_text=config.plot_text
+            )
+        summary["plots"] = {k: paths.join(workdir, os.path.basename(v)) for k, v in written.items()}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        with paths.open(paths.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, default=float)
     return summary
 
@@ -983,8 +1044,8 @@ def embedding_agreement(config, run: Run, student) -> dict[str, Any] | None:
 
 def _logged_eval(workdir: str, step: int) -> dict[str, float] | None:
     """A held-out result recorded in metrics.jsonl (the start loss of a resumed run)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "metrics.jsonl")
+    if not paths.exists(path):
         return None
     for record in metrics.read_jsonl(path):
         if record["kind"] == "eval" and record["step"] == step:
@@ -994,14 +1055,16 @@ def _logged_eval(workdir: str, step: int) -> dict[str, float] | None:
 
 def export_student(host_params, graphdef, student_cfg, teacher_folder: str, workdir: str) -> str:
     """Writes the student (float32 config) with the teacher's tokenizer to WORKDIR/hf_student."""
-    path = os.path.join(workdir, "hf_student")
+    path = paths.join(workdir, "hf_student")
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, host_params)
         # hf_student belongs to this run (its workdir): a re-export replaces it. A student of
-        # a sentence-transformers teacher is written as one too.
-        hf.export_student(
-            student_cfg.replace(dtype="float32"), model, teacher_folder, path, overwrite=True
-        )
+        # a sentence-transformers teacher is written as one too. (A URL: written locally,
+        # then uploaded.)
+        with paths.staged(path) as local:
+            hf.export_student(
+                student_cfg.replace(dtype="float32"), model, teacher_folder, local, overwrite=True
+            )
         print(f"Student written to {path}", flush=True)
     sync_hosts("export")
     return path

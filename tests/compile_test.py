@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.[tpu]')")
@@ -45,9 +46,10 @@ def run_cli(*args):
     )
 
 
-def test_cli_reports_every_field_and_fsdp_shards_the_state_on_v5e_2x2():
+def test_cli_reports_every_field_and_the_remat_levers_lower_temporaries_on_v5e_2x2():
     # One test, so that parallel test workers do not compile the smoke step twice.
-    result = run_cli("--config", SMOKE, "--topology", "v5e:2x2")
+    # 8 sequences per chip: enough activations that the levers' savings show.
+    result = run_cli("--config", SMOKE, "--topology", "v5e:2x2", "--config.batch_size=32")
     assert result.returncode == 0, result.stderr
     # libtpu's start-up warnings are silenced: nothing but the JSON.
     assert result.stderr.strip() == "", result.stderr
@@ -56,6 +58,13 @@ def test_cli_reports_every_field_and_fsdp_shards_the_state_on_v5e_2x2():
     assert r["topology"] == "v5e:2x2" and r["accelerator_type"] == "v5litepod-4"
     assert r["num_devices"] == 4 and r["device_kind"] == "TPU v5 lite"
     assert r["mesh"] == {"slice": 1, "data": 4, "fsdp": 1}
+    assert r["levers"] == {
+        "remat": "none",
+        "fsdp": 1,
+        "teacher_param_dtype": "float32",
+        "grad_accum_steps": 1,
+        "distill_implementation": "auto",
+    }
     sizes = r["per_device_bytes"]
     assert set(sizes) >= {"arguments", "temporaries", "outputs", "total"}
     assert sizes["total"] == (
@@ -68,22 +77,27 @@ def test_cli_reports_every_field_and_fsdp_shards_the_state_on_v5e_2x2():
     assert r["hbm_bytes"] == 16 * 2**30 and r["fits"] is True
     # XLA counts at least the step's matmuls (written out in bench.step), spread over 4 chips.
     config = configs.load_experiment(os.path.join(REPO, SMOKE))
+    config.batch_size = 32
     teacher = fitcheck.teacher_config(config)
     student = make_student_config(config, teacher)
-    matmuls = step_flops(teacher, student, config.teacher.layer, 8, 32, 3) / 4
+    matmuls = step_flops(teacher, student, config.teacher.layer, 32, 32, 3) / 4
     assert matmuls <= r["flops_per_device"] <= 4 * matmuls, (matmuls, r["flops_per_device"])
     assert r["step_seconds"]["at_40pct"] == pytest.approx(r["step_seconds"]["at_peak"] / 0.4)
     assert r["run_hours"]["at_peak"] == pytest.approx(
         r["step_seconds"]["at_peak"] * r["total_steps"] / 3600
     )
-    # The same step with fsdp over the 4 chips (base_config gains `mesh` with the sharded
-    # trainer; set here directly). Parameters, Adam moments and the teacher, most of the
-    # arguments, fall to a quarter (the batch is split over every chip in both meshes;
-    # vectors stay replicated).
-    config.mesh = {"fsdp": 4}
-    fsdp = fitcheck.fit_check(config, "v5e:2x2")
-    assert fsdp["mesh"] == {"slice": 1, "data": 1, "fsdp": 4} and fsdp["fits"] is True
-    assert 2.5 * fsdp["per_device_bytes"]["arguments"] <= sizes["arguments"]
+    # The same step, the student's layers rematerialised (the CLI's own fit_check, in this
+    # process): fewer temporaries, paid for with recomputed FLOPs; "layer" recomputes more.
+    previous = r
+    for policy in ("attention", "layer"):
+        config.remat = policy
+        with jax.default_matmul_precision("default"):  # as the CLI (conftest sets "highest")
+            lever = fitcheck.fit_check(config, "v5e:2x2")
+        assert lever["levers"]["remat"] == policy and lever["fits"] is True
+        temporaries = lever["per_device_bytes"]["temporaries"]
+        assert temporaries < sizes["temporaries"], (policy, temporaries, sizes["temporaries"])
+        assert lever["flops_per_device"] > previous["flops_per_device"], policy
+        previous = lever
 
 
 def test_cli_exits_3_with_the_levers_when_the_batch_does_not_fit():
@@ -161,8 +175,9 @@ def test_programs_print_nothing_from_libtpu_where_no_tpu_is_attached():
     if tpu.tpu_attached():
         pytest.skip("this host has a TPU: JAX uses it")
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    # Importing minilm_jax picks the platform (tpu.configure_platforms) before JAX starts.
     program = (
-        "from minilm_jax import tpu; print(tpu.configure_platforms()); import jax; "
+        "import os, minilm_jax; print(os.environ['JAX_PLATFORMS']); import jax; "
         "print(jax.devices()[0].platform)"
     )
     result = subprocess.run(

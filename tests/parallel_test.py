@@ -1,17 +1,18 @@
 """The mesh (data x fsdp, slices) and the fsdp rule table, on 8 forced CPU devices."""
 
-import functools
+import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from minilm_jax import parallel, train
+from minilm_jax import configs, optim, parallel, steps, train
 from minilm_jax.configs import base_config
 from minilm_jax.models.transformer import Transformer, TransformerConfig, student_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Widths chosen so the rules meet every case at fsdp=8: vocabulary rows (99) and token types
 # (2) that do not divide, hidden (48) and feed-forward (192) widths that do.
@@ -34,16 +35,8 @@ def abstract_state():
     """The student's TrainState (params + AdamW state) as shapes."""
     student = nnx.eval_shape(lambda: Transformer(STUDENT, rngs=nnx.Rngs(0)))
     _, params = nnx.split(student, nnx.Param)
-    tx = train.make_optimizer(base_config(), STUDENT.num_layers)
-    return jax.eval_shape(
-        lambda p: train.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=tx.init(p),
-            rng=jax.random.key_data(jax.random.key(0)),
-        ),
-        params,
-    )
+    tx = optim.make_optimizer(base_config())
+    return jax.eval_shape(lambda p: steps.init_state(p, tx, 0), params)
 
 
 def named_leaves(tree):
@@ -184,55 +177,23 @@ def test_place_puts_each_shard_where_its_sharding_says():
 
 
 def test_default_config_mesh_step_is_bit_identical_to_the_original_mesh():
-    teacher = Transformer(TEACHER, rngs=nnx.Rngs(1))
-    student = Transformer(STUDENT, rngs=nnx.Rngs(2))
-    teacher_graphdef, teacher_params = nnx.split(teacher, nnx.Param)
-    student_graphdef, params = nnx.split(student, nnx.Param)
-    config = base_config()
-    config.distill.num_relation_heads = 4
-    config.total_steps, config.warmup_steps = 10, 1
-    tx = train.make_optimizer(config, STUDENT.num_layers)
-    spec = train.StepSpec(
-        teacher_graphdef=teacher_graphdef,
-        student_graphdef=student_graphdef,
-        teacher_layer=2,
-        relations=("qq", "kk", "vv"),
-        weights=None,
-        context=train.relation_context(config, TEACHER, STUDENT),
-    )
-    step = functools.partial(
-        train.train_step,
-        spec=spec,
-        tx=tx,
-        grad_accum_steps=1,
-        schedule=train.learning_rate_schedule(config),
-    )
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(0)),
-    )
-    rng = np.random.default_rng(0)
-    host_batch = {
-        "input_ids": rng.integers(5, 99, (16, 24)).astype(np.int32),
-        "attention_mask": (np.arange(24) < rng.integers(8, 25, (16, 1))).astype(np.int32),
-        "token_type_ids": np.zeros((16, 24), np.int32),
-    }
+    """The trainer's step (the smoke run of bert_base_6x384, as tests/podscale_test.py runs
+    it) on the default config.mesh against the original 1-D data mesh: every parameter and
+    metric bit for bit."""
+    config = configs.load_experiment(os.path.join(REPO, "experiments/bert_base_6x384.py:smoke"))
+    config.batch_size = 16
     outputs = []
-    for mesh in (parallel.make_mesh(), parallel.mesh_from_config(None)):
-        state_sharding = parallel.state_shardings(state, mesh)
-        teacher_sharding = parallel.state_shardings(teacher_params, mesh)
-        fn = jax.jit(
-            step,
-            in_shardings=(state_sharding, parallel.batch_sharded(mesh), teacher_sharding),
-            out_shardings=(state_sharding, parallel.replicated(mesh)),
+    for mesh in (parallel.make_mesh(), None):  # None: config.mesh, the default
+        run = train.setup_run(config, mesh=mesh)
+        if mesh is None:
+            assert dict(run.mesh.shape) == {"slice": 1, "data": 8, "fsdp": 1}
+            assert all(s.spec == P() for s in jax.tree.leaves(run.step.state_sharding))
+        train_iter, _ = train.make_data(
+            config, run.tokenizer, run.teacher_cfg.family, process_index=0, process_count=1
         )
-        new_state, metrics = fn(
-            parallel.place(state, state_sharding),
-            parallel.to_global(host_batch, mesh),
-            parallel.place(teacher_params, teacher_sharding),
-        )
-        outputs.append(jax.tree.map(np.asarray, (new_state.params, metrics)))
+        batch = parallel.to_global(next(train_iter), run.mesh)
+        train_iter.close()
+        new_state, metrics = run.train_fn(run.state, batch)
+        outputs.append(parallel.gather((new_state.params, metrics)))
     assert np.isfinite(outputs[0][1]["loss"])
     jax.tree.map(np.testing.assert_array_equal, outputs[0], outputs[1])

@@ -4,4 +4,4 @@ Each benchmark is a module `minilm_jax.bench.NAME` exposing `main(argv)`, where 
 list of flags after NAME.
 """
 
-BENCHMARKS = ("relations", "step")
+BENCHMARKS = ("relations", "step", "teacher_dtype")

@@ -117,8 +117,10 @@ def bench_case(args) -> dict:
     teacher = Transformer(teacher_cfg, rngs=nnx.Rngs(0))
     teacher = train.truncate_teacher(teacher, args.layer)
     student = Transformer(student_cfg, rngs=nnx.Rngs(1))
-    state = parallel.replicate(steps.init_state(nnx.state(student, nnx.Param), built.tx, 0), mesh)
-    teacher_params = parallel.replicate(nnx.state(teacher, nnx.Param), mesh)
+    state = parallel.place(
+        steps.init_state(nnx.state(student, nnx.Param), built.tx, 0), built.state_sharding
+    )
+    teacher_params = parallel.place(nnx.state(teacher, nnx.Param), built.teacher_sharding)
     spec = built.spec
     schedule = built.schedule
     rng = np.random.default_rng(0)

@@ -3,10 +3,13 @@
 Every source is a `collections.abc.Sequence[str]` (`len` + integer indexing), so the pipeline
 can shard, shuffle and hold out documents by index without reading the text first:
 
-- `TextFileDocuments`: local text files, one document per line ("line") or blank-line
+- `TextFileDocuments`: text files, one document per line ("line") or blank-line
   separated blocks ("paragraph"). The files are indexed once (byte offsets) and read through
   `mmap`, so a corpus larger than memory costs 16 bytes per document. No TensorFlow. A file
-  that is not UTF-8 text (binary, Latin-1, UTF-16) is refused by `check_utf8_text`.
+  that is not UTF-8 text (binary, Latin-1, UTF-16) is refused by `check_utf8_text`. Globs and
+  files may be URLs (``gs://bucket/corpus/*.txt``, through `minilm_jax.paths`): such files are
+  indexed by streaming them once, and each document is one ranged read (`data.read_threads`
+  overlaps those reads).
 - `TfdsDocuments`: one string feature of a prepared TFDS dataset, read with
   `tfds.data_source` (array_record, random access). `tensorflow_datasets` is imported here
   only, when such a source is built.
@@ -18,13 +21,13 @@ from __future__ import annotations
 import bisect
 import codecs
 import collections.abc
-import glob
 import mmap
-import os
 import re
 from typing import Any, Sequence
 
 import numpy as np
+
+from minilm_jax import paths
 
 TEXT_FORMATS = ("line", "paragraph")
 
@@ -62,11 +65,7 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
     """
     files: list[str] = []
     for pattern in split_list(patterns):
-        matched = sorted(
-            path
-            for path in glob.glob(os.path.expanduser(pattern), recursive=True)
-            if os.path.isfile(path)
-        )
+        matched = paths.glob(pattern)  # local or a URL
         if not matched:
             raise FileNotFoundError(f"data.text_files: the glob {pattern!r} matched no files")
         files.extend(path for path in matched if path not in files)
@@ -76,7 +75,7 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
 def check_utf8_text(path: str) -> None:
     """Raises ValueError, naming ``path``, unless the file reads as UTF-8 text (at most
     ``MAX_NON_TEXT_FRACTION`` of the sampled bytes invalid UTF-8 or NUL)."""
-    size = os.path.getsize(path)
+    size = paths.size(path)
     window = UTF8_CHECK_WINDOW_BYTES
     if size <= UTF8_CHECK_WINDOWS * window:
         offsets, window = [0], size
@@ -85,7 +84,7 @@ def check_utf8_text(path: str) -> None:
             i * (size - window) // (UTF8_CHECK_WINDOWS - 1) for i in range(UTF8_CHECK_WINDOWS)
         ]
     bad = checked = 0
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         for offset in offsets:
             f.seek(offset)
             chunk = f.read(window)
@@ -111,7 +110,7 @@ def check_utf8_text(path: str) -> None:
 
 def _index_lines(path: str) -> tuple[np.ndarray, np.ndarray]:
     starts, ends, offset = [], [], 0
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         for line in f:
             if line.strip():
                 starts.append(offset)
@@ -122,7 +121,7 @@ def _index_lines(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _index_paragraphs(path: str) -> tuple[np.ndarray, np.ndarray]:
     starts, ends, offset, start = [], [], 0, None
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         for line in f:
             if line.strip():
                 if start is None:
@@ -191,9 +190,21 @@ class TextFileDocuments(collections.abc.Sequence):
         return list(self._paths)
 
 
-def _map_file(path: str) -> mmap.mmap:
+def _map_file(path: str) -> mmap.mmap | _RemoteFile:
+    if paths.is_url(path):
+        return _RemoteFile(path)
     with open(path, "rb") as f:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class _RemoteFile:
+    """``file[start:end]`` of a file behind a URL: one ranged read per document."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __getitem__(self, span: slice) -> bytes:
+        return paths.read_range(self.path, span.start, span.stop)
 
 
 def parse_tfds_spec(spec: str) -> tuple[str, str]:

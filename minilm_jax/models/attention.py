@@ -4,6 +4,13 @@ One function so that the numerics (float32 scores and softmax under bfloat16, pa
 removed by selection, never by a large additive constant) are written once, and so that a
 faster kernel can replace the implementation for every family at once. The relation taps and
 their tests recompute attention probabilities with `attention_probs`.
+
+Without attention dropout (the frozen teacher, evaluation, inference) the context goes
+through `jax.nn.dot_product_attention`, JAX's one entry point to fused attention kernels
+(XLA's, cuDNN's): it has the same semantics (float32 scores and softmax whatever the inputs'
+dtype, masked keys replaced by a large negative number by selection, so their weight is
+exactly 0 and a fully masked row is uniform), checked equal to `attention_probs` in the
+tests. Dropout on the probabilities needs them materialised: that path stays ours.
 """
 
 from __future__ import annotations
@@ -79,9 +86,21 @@ def attention(
 
     `dropout`, when given, is applied to the attention probabilities (training).
     """
+    b, t, _ = v.shape
+    if dropout is None and q.dtype == k.dtype == v.dtype:
+        # Its scores and softmax are float32 and its probabilities are cast to v's dtype
+        # before the context product, as below.
+        context = jax.nn.dot_product_attention(
+            split_heads(q, num_heads),
+            split_heads(k, num_heads),
+            split_heads(v, num_heads),
+            bias=None if bias is None else bias.astype(jnp.float32),
+            mask=mask,
+            scale=scale,
+        )
+        return context.reshape(b, t, -1)
     probs = attention_probs(q, k, mask, num_heads=num_heads, scale=scale, bias=bias)
     if dropout is not None:
         probs = dropout(probs)
-    b, t, _ = v.shape
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), split_heads(v, num_heads))
     return context.reshape(b, t, -1)

@@ -39,6 +39,7 @@ from flax import nnx
 
 from minilm_jax.models.attention import attention, split_heads
 from minilm_jax.models.attention import attention_mask as attention_mask_of
+from minilm_jax.models.remat import layer_caller
 
 # Shared private helpers of the BERT-family module: the same init, dtypes, LayerNorm and
 # dropout layout for every family.
@@ -536,6 +537,7 @@ class Deberta(nnx.Module):
         num_layers: int | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | jax.Array | None = None,
+        remat: str = "none",
     ) -> TransformerOutput:
         """Encodes a batch (the call protocol of `models.Transformer`).
 
@@ -570,10 +572,10 @@ class Deberta(nnx.Module):
             input_ids, token_type_ids, key_mask, deterministic=deterministic, rngs=rngs
         )
         h, hidden_states, qkv = embedded, [embedded], []
+        # models.remat; rel_pos is a numpy table the layer indexes with, not an array to trace.
+        run = layer_caller(remat, deterministic=deterministic, rel_pos=rel_pos)
         for i in range(n):
-            h, layer_qkv = self.layers[i](
-                h, mask, rel_table, rel_pos, deterministic=deterministic, rngs=rngs
-            )
+            h, layer_qkv = run(self.layers[i], h, mask, rel_table, rngs=rngs)
             if i == 0 and self.conv is not None:
                 h = self.conv(embedded, h, key_mask, deterministic=deterministic, rngs=rngs)
             hidden_states.append(h)

@@ -43,6 +43,7 @@ from flax import nnx
 
 from minilm_jax.models.attention import attention
 from minilm_jax.models.attention import attention_mask as attention_mask_of
+from minilm_jax.models.remat import layer_caller
 from minilm_jax.models.transformer import (
     DTYPES,
     ConfigMethods,
@@ -362,6 +363,7 @@ class ModernBert(nnx.Module):
         num_layers: int | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | jax.Array | None = None,
+        remat: str = "none",
     ) -> TransformerOutput:
         """Encodes a right-padded batch.
 
@@ -403,10 +405,9 @@ class ModernBert(nnx.Module):
         }
         h = self.embeddings(input_ids, deterministic=deterministic, rngs=rngs)
         hidden_states, qkv = [h], []
+        run = layer_caller(remat, deterministic=deterministic)  # models.remat
         for i, kind in enumerate(cfg.layer_types[:n]):
-            h, layer_qkv = self.layers[i](
-                h, masks[kind], rotary[kind], deterministic=deterministic, rngs=rngs
-            )
+            h, layer_qkv = run(self.layers[i], h, masks[kind], rotary[kind], rngs=rngs)
             hidden_states.append(h)
             qkv.append(layer_qkv)
         if n == cfg.num_layers:

@@ -24,6 +24,7 @@ from flax import nnx
 
 from minilm_jax.models.attention import attention
 from minilm_jax.models.attention import attention_mask as attention_mask_of
+from minilm_jax.models.remat import layer_caller
 
 FAMILIES = ("bert", "roberta", "xlm-roberta")
 # Only HF's "gelu" (exact erf GELU): it is what every BERT/RoBERTa/XLM-R checkpoint uses.
@@ -498,6 +499,7 @@ class Transformer(nnx.Module):
         num_layers: int | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | jax.Array | None = None,
+        remat: str = "none",
     ) -> TransformerOutput:
         """Encodes a batch.
 
@@ -508,6 +510,8 @@ class Transformer(nnx.Module):
             distillation layer). The pooler runs only when every layer ran.
           deterministic: False applies dropout, drawn from `rngs` (an `nnx.Rngs` with a
             'dropout' stream, or a PRNG key that seeds one).
+          remat: "none" | "attention" | "layer": what the backward pass recomputes instead
+            of keeping (`models.remat`); the outputs are the same.
         """
         cfg = self.config
         input_ids, attention_mask, token_type_ids, n, rngs = prepare_inputs(
@@ -524,8 +528,10 @@ class Transformer(nnx.Module):
         mask = attention_mask_of(attention_mask.astype(bool))
         h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
         hidden_states, qkv = [h], []
+        # remat: recompute each layer's activations in the backward pass (models.remat).
+        run = layer_caller(remat, deterministic=deterministic)
         for i in range(n):
-            h, layer_qkv = self.layers[i](h, mask, deterministic=deterministic, rngs=rngs)
+            h, layer_qkv = run(self.layers[i], h, mask, rngs=rngs)
             hidden_states.append(h)
             qkv.append(layer_qkv)
         pooled = self.pooler(h) if self.pooler is not None and n == cfg.num_layers else None

@@ -28,6 +28,7 @@ from flax import nnx
 
 from minilm_jax.models.attention import attention
 from minilm_jax.models.attention import attention_mask as attention_mask_of
+from minilm_jax.models.remat import layer_caller
 from minilm_jax.models.transformer import (
     Embeddings,
     Pooler,
@@ -130,6 +131,7 @@ class XLMRobertaXL(nnx.Module):
         num_layers: int | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | jax.Array | None = None,
+        remat: str = "none",
     ) -> TransformerOutput:
         """Encodes a batch; arguments as `models.transformer.Transformer.__call__`. The final
         LayerNorm and the pooler run only when every layer ran."""
@@ -148,8 +150,9 @@ class XLMRobertaXL(nnx.Module):
         mask = attention_mask_of(attention_mask.astype(bool))
         h = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
         hidden_states, qkv = [h], []
+        run = layer_caller(remat, deterministic=deterministic)  # models.remat
         for i in range(n):
-            h, layer_qkv = self.layers[i](h, mask, deterministic=deterministic, rngs=rngs)
+            h, layer_qkv = run(self.layers[i], h, mask, rngs=rngs)
             hidden_states.append(h)
             qkv.append(layer_qkv)
         pooled = None
