@@ -222,9 +222,7 @@ def search(
 
     Slices are walked from the smallest, settings from the cheapest; a compile is skipped when
     the prediction from results so far (``estimate``: the same setting compiled anywhere, its
-    temporaries scaled by the rows per chip) is over the goal by more than 25%. With no
-    results yet, the plain and the leanest setting are first compiled on the middle slice to
-    give the predictions something to scale."""
+    temporaries scaled by the rows per chip) is over the goal by more than 25%."""
     slices = [t for t in SLICES[generation] if 1024 % chips(t) == 0]
     notes: list[str] = []
 
@@ -263,10 +261,9 @@ def search(
                     notes.append(f"{topology} {overrides or 'plain'}: {_one_line(row)}")
         return len(slices), None
 
-    middle = slices[len(slices) // 2]
-    for levers in (LADDER[0], LADDER[-1]):
-        if estimate(results, experiment, middle, overrides_for(levers, middle)) is None:
-            run(middle, levers)
+    # No seeding: the walk starts on the one-chip slice, whose compiles are the cheapest (no
+    # partitioning, and an out-of-memory program stops early) and whose figures, scaled by the
+    # rows per chip, let the walk skip the hopeless settings of the slices above.
     index, row = walk(0, LADDER)
     # The goal prefers no gradient accumulation: where the smallest slice needs it, also the
     # smallest slice that does without.
