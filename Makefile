@@ -14,7 +14,7 @@ ifneq ($(filter-out cuda12 cuda13 tpu,$(ACCEL)),)
 $(error ACCEL=$(ACCEL): allowed: cuda12, cuda13, tpu (or empty for CPU))
 endif
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench fit-table clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ test: setup
 bench: setup
 	$(PY) -m minilm_jax.bench relations
 	$(PY) -m minilm_jax.bench step
+
+# The README's fit table: every paper experiment compiled for TPU slices on this host (no TPU;
+# libtpu's compiler). Hours on a 2-core host; compiles already in docs/fit_table.jsonl are reused.
+fit-table: setup
+	$(PY) -m minilm_jax.fit_table --generations v5e,v5p,v4 --results docs/fit_table.jsonl \
+		--markdown docs/fit_table.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -80,6 +80,7 @@ SAFE_FIELDS: tuple[str, ...] = (
     "grad_accum_steps",
     "distill.implementation",
     "distill.block_size",
+    "remat",
     # How fast the input pipeline reads, and where prepared TFDS data lives (not what it is).
     "data.prefetch_batches",
     "data.read_threads",
@@ -90,9 +91,12 @@ SAFE_FIELDS: tuple[str, ...] = (
     "sweep.learning_rates",
     "sweep.epochs",
     "sweep.seeds",
-    # Multi-host start-up. The number of processes must stay the same all the same: each
-    # host's data position is in the checkpoint, and restoring with another count fails.
+    # Multi-host start-up. With another number of processes the state restores, but the
+    # hosts' data positions do not: the data order restarts at an epoch's beginning (warned).
     "distributed.*",
+    # Elastic resume: how the same devices' work is split (a checkpoint written on one mesh
+    # restores on another, a run preempted on a v5e-32 continues on a v5e-16).
+    "mesh.*",
 )
 
 # Files of ours that may sit in a folder before its marker does (a claim in progress).
@@ -133,6 +137,7 @@ def claim(
     *,
     kind: str,
     holds_runs: bool = False,
+    allow_url: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[Claim]:
@@ -140,7 +145,9 @@ def claim(
 
     ``config``: an ``ml_collections.ConfigDict`` or a nested dict. ``holds_runs``: the folder
     is a sweep's root, whose points are run directories of their own; an unmarked folder that
-    holds only run directories (points run as separate jobs) is adopted. ``process_index`` /
+    holds only run directories (points run as separate jobs) is adopted. ``allow_url``: the
+    caller writes through ``minilm_jax.paths`` and takes ``gs://...`` workdirs (distillation);
+    other callers get a one-line refusal of a URL. ``process_index`` /
     ``process_count`` default to JAX's (multi-host runs); pass 0 / 1 to stay off JAX.
     Raises ``RunDirError`` (one line) when the folder is not this run's to use.
     """
@@ -149,6 +156,7 @@ def claim(
         config,
         kind=kind,
         holds_runs=holds_runs,
+        allow_url=allow_url,
         process_index=process_index,
         process_count=process_count,
     )
@@ -164,6 +172,7 @@ def acquire(
     *,
     kind: str,
     holds_runs: bool = False,
+    allow_url: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Claim:
@@ -174,6 +183,11 @@ def acquire(
         process_index, process_count = jax.process_index(), jax.process_count()
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
         raise RunDirError(f"workdir={workdir!r}: expected the path of a folder")
+    if paths.is_url(workdir) and not allow_url:
+        raise RunDirError(
+            f"workdir {workdir}: a {kind} run writes to a local folder; only distillation "
+            "(python -m minilm_jax.main) takes a URL workdir. Write locally and copy the results"
+        )
     workdir = paths.resolve(workdir)
     new = flatten_config(config)
     run = None

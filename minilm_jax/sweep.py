@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 
-from minilm_jax import cli, configs, rundir
+from minilm_jax import cli, configs, paths, rundir
 
 RESULTS_FILE = "results.jsonl"
 
@@ -311,6 +311,11 @@ def _eval_result(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_distillation_sweep(args, base_config: ml_collections.ConfigDict) -> int:
+    if paths.is_url(args.workdir):  # the sweep's own files (results.jsonl, summary) are local
+        raise rundir.RunDirError(
+            f"workdir {args.workdir}: a sweep writes to a local folder; only distillation "
+            "(python -m minilm_jax.main) takes a URL workdir"
+        )
     root = os.path.abspath(args.workdir)
     points = sweep_points(args.config)
     tasks = [t for t in (args.evaluate or "").split(",") if t]

@@ -891,7 +891,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     parallel.initialize_distributed(config.distributed)
     validate_config(config)
-    with rundir.claim(workdir, config, kind="distill") as claimed:
+    with rundir.claim(workdir, config, kind="distill", allow_url=True) as claimed:
         return _train(config, claimed.workdir)
 
 

@@ -382,6 +382,21 @@ CASES = [
         r"workdir .*/teacher_copy is not empty and is not a minilm_jax run directory",
         "teacher",
     ),
+    # Only distillation writes through the path layer; the others refuse a URL.
+    (
+        "sweep workdir is a URL",
+        S,
+        [],
+        r"workdir gs://bucket/sweep: a sweep writes to a local folder; only distillation .*",
+        lambda tmp: "gs://bucket/sweep",
+    ),
+    (
+        "fine-tuning workdir is a URL",
+        F,
+        [],
+        r"workdir gs://bucket/glue: a finetune run writes to a local folder; only distillation .*",
+        lambda tmp: "gs://bucket/glue",
+    ),
 ]
 
 
@@ -437,7 +452,9 @@ def test_bad_input_is_one_error_line_and_exit_2(case, files, tmp_path, capsys):
     elif before is not None:
         assert snapshot(workdir) == before
     elif workdir and not os.path.isfile(workdir):
-        assert not os.path.exists(workdir)  # refused before the folder was made
+        assert not os.path.exists(workdir) and not os.path.exists(
+            "gs:"
+        )  # refused before the folder was made
     if setup in ("teacher", "student"):  # the model folder still loads
         cfg, _ = hf.load_pretrained(workdir)
         assert (

@@ -109,9 +109,7 @@ def hf_family(path):
 
 
 # Resume does not depend on the family: the new teachers' smoke runs are in families_test.py.
-@pytest.mark.parametrize(
-    "name", [e for e in DISTILLATION_EXPERIMENTS if e not in NEW_TEACHER_ROWS]
-)
+@pytest.mark.parametrize("name", [e for e in DISTILLATION_EXPERIMENTS if e not in NEW_TEACHER_ROWS])
 def test_smoke_variant_trains_and_resumes(name, tmp_path, monkeypatch):
     config = configs.load_experiment(os.path.join(REPO, "experiments", f"{name}:smoke"))
     config.plots = False

@@ -116,7 +116,7 @@ def test_a_url_workdir_is_claimed_config_checked_and_never_a_model_folder(root):
     """The run directory's guarantees through the path layer (no lock on object stores)."""
     from minilm_jax import rundir
 
-    single = {"process_index": 0, "process_count": 1}
+    single = {"process_index": 0, "process_count": 1, "allow_url": True}
     workdir = paths.join(root, "run")
     with rundir.claim(workdir, {"seed": 0, "total_steps": 10}, kind="distill", **single) as run:
         assert not run.resumed
@@ -135,3 +135,5 @@ def test_a_url_workdir_is_claimed_config_checked_and_never_a_model_folder(root):
         rundir.claim(model, longer, kind="distill", **single).__enter__()
     with paths.open(paths.join(model, "config.json"), encoding="utf-8") as f:
         assert f.read() == "{}"  # nothing written into the model folder
+    with pytest.raises(rundir.RunDirError, match="only distillation .* takes a URL workdir"):
+        rundir.claim(paths.join(root, "ft"), {"seed": 0}, kind="finetune").__enter__()
