@@ -210,19 +210,27 @@ def meets(row: Mapping[str, Any] | None, goal_free: float) -> bool:
     return bool(row and row.get("fits") and (row.get("hbm_free_fraction") or 0) >= goal_free)
 
 
+class _NotCompiled(Exception):
+    """A compile the walk needs is not in the results (``search(..., compile=False)``)."""
+
+
 def search(
     experiment: str,
     generation: str,
     results: Results,
     goal_free: float,
     log=print,
+    *,
+    compile: bool = True,  # noqa: A002  (False: only what the results hold)
 ) -> dict[str, Any]:
     """The smallest slice of ``generation`` on which some ``LADDER`` setting fits
     ``experiment`` with ``goal_free`` of HBM left, and the cheapest such setting there.
 
     Slices are walked from the smallest, settings from the cheapest; a compile is skipped when
     the prediction from results so far (``estimate``: the same setting compiled anywhere, its
-    temporaries scaled by the rows per chip) is over the goal by more than 25%."""
+    temporaries scaled by the rows per chip) is over the goal by more than 25%. With
+    ``compile=False`` nothing is compiled: a walk that needs a missing compile ends there and
+    the result names it (``missing``)."""
     slices = [t for t in SLICES[generation] if 1024 % chips(t) == 0]
     notes: list[str] = []
 
@@ -231,6 +239,8 @@ def search(
         if 1024 % (chips(topology) * int(overrides.get("grad_accum_steps", 1))):
             return None
         row = results.get(experiment, topology, overrides)
+        if row is None and not compile:
+            raise _NotCompiled(f"{topology} {overrides or 'plain'}")
         if row is None:
             log(f"compiling {experiment} on {topology} with {overrides or 'no levers'} ...")
             row = compile_one(experiment, topology, overrides)
@@ -264,12 +274,25 @@ def search(
     # No seeding: the walk starts on the one-chip slice, whose compiles are the cheapest (no
     # partitioning, and an out-of-memory program stops early) and whose figures, scaled by the
     # rows per chip, let the walk skip the hopeless settings of the slices above.
-    index, row = walk(0, LADDER)
+    try:
+        index, row = walk(0, LADDER)
+    except _NotCompiled as missing:
+        return {
+            "experiment": experiment,
+            "generation": generation,
+            "row": None,
+            "no_accum": None,
+            "notes": notes,
+            "missing": str(missing),
+        }
     # The goal prefers no gradient accumulation: where the smallest slice needs it, also the
     # smallest slice that does without.
     no_accum = row
     if row is not None and "grad_accum_steps" in row["overrides"]:
-        _, no_accum = walk(index, [lv for lv in LADDER if "grad_accum_steps" not in lv])
+        try:
+            _, no_accum = walk(index, [lv for lv in LADDER if "grad_accum_steps" not in lv])
+        except _NotCompiled:
+            no_accum = None
     return {
         "experiment": experiment,
         "generation": generation,
@@ -318,6 +341,12 @@ def markdown(found: Sequence[Mapping[str, Any]], goal_free: float) -> str:
         rows = [item["row"]]
         if item.get("no_accum") is not None and item["no_accum"] is not item["row"]:
             rows.append(item["no_accum"])
+        if item.get("missing"):
+            lines.append(
+                f"| {name} | {item['generation']} | not compiled yet (next: {item['missing']}) "
+                "| | | | | |"
+            )
+            continue
         if item["row"] is None:
             lines.append(f"| {name} | {item['generation']} | none of the slices tried | | | | | |")
             continue
@@ -342,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", default="fit_table.jsonl")
     parser.add_argument("--markdown", default=None, help="also write the table here")
     parser.add_argument("--goal_free", type=float, default=0.2)
+    parser.add_argument(
+        "--no_compile",
+        action="store_true",
+        help="compile nothing: the table from --results so far (missing compiles are named)",
+    )
     args = parser.parse_args(argv)
     generations = [g.strip() for g in args.generations.split(",") if g.strip()]
     unknown = [g for g in generations if g not in SLICES]
@@ -365,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results,
                     args.goal_free,
                     log=lambda s: print(s, file=sys.stderr, flush=True),
+                    compile=not args.no_compile,
                 )
             )
     table = markdown(found, args.goal_free)

@@ -1,0 +1,122 @@
+"""The fit table's search (minilm_jax.fit_table) on a compiler stand-in whose memory is a
+known function of the settings: the walk must find the smallest slice and cheapest setting
+that meet the goal, skip only compiles whose outcome is certain, and report (never invent)
+what it has not compiled. The real compiles are tests/compile_test.py's."""
+
+import json
+
+import pytest
+
+from minilm_jax import fit_table, tpu
+
+GIB = 2**30
+EXPERIMENT = "experiments/bert_base_6x384.py"
+ARGUMENTS = 1.0 * GIB
+# GiB of temporaries per sequence held by a chip, per lever (remat lowers them).
+PER_ROW = {"none": 0.08, "attention": 0.06, "layer": 0.05}
+
+
+def fake_compile(experiment, topology, overrides):
+    """A compile's summary row, as compile_one writes it, from the model above."""
+    rows = fit_table.rows_per_chip(topology, overrides)
+    temporaries = PER_ROW[overrides.get("remat", "none")] * rows * GIB
+    total = ARGUMENTS + temporaries
+    usable = tpu.parse_topology(topology).chip.hbm_usable_bytes
+    fits = total <= usable
+    return {
+        "experiment": experiment,
+        "topology": topology,
+        "overrides": dict(overrides),
+        "exit": 0 if fits else 3,
+        "seconds": 1,
+        "num_devices": fit_table.chips(topology),
+        "per_device_bytes": {
+            "arguments": ARGUMENTS,
+            "temporaries": temporaries,
+            "outputs": 0,
+            "aliased": 0,
+            "code": 0,
+            "total": total,
+        },
+        "fits": fits,
+        "hbm_free_fraction": round(1 - total / usable, 3) if fits else None,
+        "step_seconds": {"at_peak": 0.1, "at_40pct": 0.25} if fits else None,
+        "run_hours": {"at_peak": 11.1, "at_40pct": 27.8} if fits else None,
+    }
+
+
+@pytest.fixture
+def compiles(monkeypatch):
+    done = []
+
+    def compile_one(experiment, topology, overrides):
+        done.append((topology, dict(overrides)))
+        return fake_compile(experiment, topology, overrides)
+
+    monkeypatch.setattr(fit_table, "compile_one", compile_one)
+    return done
+
+
+def test_walk_finds_the_smallest_slice_and_skips_only_certain_failures(compiles, tmp_path):
+    results = fit_table.Results(str(tmp_path / "fits.jsonl"))
+    found = fit_table.search(EXPERIMENT, "v5e", results, 0.2, log=lambda s: None)
+    layer_bf16 = {"remat": "layer", "teacher.param_dtype": "bfloat16"}
+    # v5e usable 15.75 GiB, goal 80% of it = 12.6 GiB. One chip (1024 rows): nothing fits, all
+    # four settings compiled. 2x2 (256 rows): plain (21.5 GiB) and attention (16.4) are
+    # predicted over the goal by more than 25% and skipped; layer (13.8) fits with 12% left,
+    # short of the goal; with accumulation 2 (128 rows: 7.4 GiB) it meets it.
+    assert compiles[:4] == [("v5e:1x1", dict(levers)) for levers in fit_table.LADDER]
+    assert compiles[4:6] == [
+        ("v5e:2x2", layer_bf16),
+        ("v5e:2x2", {**layer_bf16, "grad_accum_steps": 2}),
+    ]
+    assert found["row"]["topology"] == "v5e:2x2"
+    assert found["row"]["overrides"] == {**layer_bf16, "grad_accum_steps": 2}
+    # Without accumulation: the next slice, 2x4 (128 rows), plain already meets it (11.2 GiB).
+    assert compiles[6:] == [("v5e:2x4", {})]
+    assert found["no_accum"]["topology"] == "v5e:2x4" and found["no_accum"]["overrides"] == {}
+    # Every compile is one line of the results file, and a second search compiles nothing.
+    with open(tmp_path / "fits.jsonl") as f:
+        assert len([json.loads(line) for line in f]) == len(compiles) == 7
+    again = fit_table.search(
+        EXPERIMENT, "v5e", fit_table.Results(str(tmp_path / "fits.jsonl")), 0.2, log=print
+    )
+    assert len(compiles) == 7 and again["row"] == found["row"]
+    table = fit_table.markdown([found], 0.2)
+    assert (
+        "| bert_base_6x384 | v5e | v5e:2x2 (4 chips) | data 4, remat=layer, bf16 teacher, grad accum 2 | 7.40 (1.00 + 6.40) | 53% |"
+        in table
+    )
+    assert (
+        "| bert_base_6x384 | v5e | v5e:2x4 (8 chips) | data 8 | 11.24 (1.00 + 10.24) | 29% |"
+        in table
+    )
+
+
+def test_without_compiling_the_table_names_the_missing_compile(compiles, tmp_path):
+    path = str(tmp_path / "fits.jsonl")
+    results = fit_table.Results(path)
+    for levers in fit_table.LADDER:  # only the one-chip compiles are there
+        results.add(fake_compile(EXPERIMENT, "v5e:1x1", levers))
+    found = fit_table.search(EXPERIMENT, "v5e", results, 0.2, log=print, compile=False)
+    assert compiles == []
+    assert found["row"] is None
+    assert found["missing"] == "v5e:2x2 {'remat': 'layer', 'teacher.param_dtype': 'bfloat16'}"
+    assert "not compiled yet (next: v5e:2x2" in fit_table.markdown([found], 0.2)
+    # The command line: the same table, exit 0, and nothing compiled.
+    table_file = tmp_path / "table.md"
+    code = fit_table.main(
+        [
+            "--no_compile",
+            "--results",
+            path,
+            "--generations",
+            "v5e",
+            "--experiments",
+            EXPERIMENT,
+            "--markdown",
+            str(table_file),
+        ]
+    )
+    assert code == 0 and compiles == []
+    assert "not compiled yet" in table_file.read_text()
