@@ -57,14 +57,19 @@ SLICES = {
 ALL_CHIPS = "all"  # mesh.fsdp over every chip of the slice
 # Lever settings, cheapest first (what each costs: docs/scaling.md): pure data parallelism;
 # the student's attention rematerialised; its whole layers, with the teacher stored in bf16;
-# then gradient accumulation on top. (fsdp is not in the ladder: at the paper's students it
-# shrinks the arguments by less than it makes XLA keep of rematerialised activations.)
+# fsdp over every chip where the arguments are a large share of HBM (FSDP_ARGUMENTS_SHARE);
+# then gradient accumulation on top.
 LADDER: tuple[dict[str, Any], ...] = (
     {},
     {"remat": "attention"},
     {"remat": "layer", "teacher.param_dtype": "bfloat16"},
+    {"remat": "layer", "teacher.param_dtype": "bfloat16", "mesh.fsdp": ALL_CHIPS},
     {"remat": "layer", "teacher.param_dtype": "bfloat16", "grad_accum_steps": 2},
 )
+# The fsdp step is tried only where the replicated arguments (parameters, optimizer state,
+# teacher) take more than this share of a chip's HBM: a teacher like XLM-R XL, whose bf16
+# weights alone are 5.6 GB; for the paper's teachers it costs more temporaries than it saves.
+FSDP_ARGUMENTS_SHARE = 0.25
 
 
 def chips(topology: str) -> int:
@@ -253,11 +258,26 @@ def search(
         limit = (1 - goal_free) * usable(topology)
         return guess if guess is not None and guess > 1.25 * limit else None
 
+    def large_arguments(topology) -> bool:
+        replicated = [
+            row["per_device_bytes"]["arguments"]
+            for row in results.rows.values()
+            if row["experiment"] == experiment
+            and row.get("per_device_bytes")
+            and "mesh.fsdp" not in row["overrides"]
+            and row["overrides"].get("teacher.param_dtype") == "bfloat16"
+        ]
+        return bool(replicated) and min(replicated) > FSDP_ARGUMENTS_SHARE * usable(topology)
+
     def walk(start: int, ladder) -> tuple[int, dict | None]:
         for index in range(start, len(slices)):
             topology = slices[index]
             for levers in ladder:
                 overrides = overrides_for(levers, topology)
+                if "mesh.fsdp" in levers and (
+                    chips(topology) == 1 or not large_arguments(topology)
+                ):
+                    continue
                 guess = clearly_over(topology, levers)
                 if guess is not None and results.get(experiment, topology, overrides) is None:
                     notes.append(

@@ -16,11 +16,13 @@ ARGUMENTS = 1.0 * GIB
 PER_ROW = {"none": 0.08, "attention": 0.06, "layer": 0.05}
 
 
-def fake_compile(experiment, topology, overrides):
-    """A compile's summary row, as compile_one writes it, from the model above."""
+def fake_compile(experiment, topology, overrides, arguments=ARGUMENTS):
+    """A compile's summary row, as compile_one writes it, from the model above (fsdp divides
+    the arguments by its size)."""
     rows = fit_table.rows_per_chip(topology, overrides)
     temporaries = PER_ROW[overrides.get("remat", "none")] * rows * GIB
-    total = ARGUMENTS + temporaries
+    arguments = arguments / int(overrides.get("mesh.fsdp", 1))
+    total = arguments + temporaries
     usable = tpu.parse_topology(topology).chip.hbm_usable_bytes
     fits = total <= usable
     return {
@@ -31,7 +33,7 @@ def fake_compile(experiment, topology, overrides):
         "seconds": 1,
         "num_devices": fit_table.chips(topology),
         "per_device_bytes": {
-            "arguments": ARGUMENTS,
+            "arguments": arguments,
             "temporaries": temporaries,
             "outputs": 0,
             "aliased": 0,
@@ -47,11 +49,11 @@ def fake_compile(experiment, topology, overrides):
 
 @pytest.fixture
 def compiles(monkeypatch):
-    done = []
+    done = type("Compiles", (list,), {})()  # a list that can carry the model's arguments
 
     def compile_one(experiment, topology, overrides):
         done.append((topology, dict(overrides)))
-        return fake_compile(experiment, topology, overrides)
+        return fake_compile(experiment, topology, overrides, getattr(done, "arguments", ARGUMENTS))
 
     monkeypatch.setattr(fit_table, "compile_one", compile_one)
     return done
@@ -65,7 +67,9 @@ def test_walk_finds_the_smallest_slice_and_skips_only_certain_failures(compiles,
     # four settings compiled. 2x2 (256 rows): plain (21.5 GiB) and attention (16.4) are
     # predicted over the goal by more than 25% and skipped; layer (13.8) fits with 12% left,
     # short of the goal; with accumulation 2 (128 rows: 7.4 GiB) it meets it.
-    assert compiles[:4] == [("v5e:1x1", dict(levers)) for levers in fit_table.LADDER]
+    assert compiles[:4] == [
+        ("v5e:1x1", dict(levers)) for levers in fit_table.LADDER if "mesh.fsdp" not in levers
+    ]
     assert compiles[4:6] == [
         ("v5e:2x2", layer_bf16),
         ("v5e:2x2", {**layer_bf16, "grad_accum_steps": 2}),
@@ -97,7 +101,8 @@ def test_without_compiling_the_table_names_the_missing_compile(compiles, tmp_pat
     path = str(tmp_path / "fits.jsonl")
     results = fit_table.Results(path)
     for levers in fit_table.LADDER:  # only the one-chip compiles are there
-        results.add(fake_compile(EXPERIMENT, "v5e:1x1", levers))
+        if "mesh.fsdp" not in levers:
+            results.add(fake_compile(EXPERIMENT, "v5e:1x1", levers))
     found = fit_table.search(EXPERIMENT, "v5e", results, 0.2, log=print, compile=False)
     assert compiles == []
     assert found["row"] is None
@@ -120,3 +125,17 @@ def test_without_compiling_the_table_names_the_missing_compile(compiles, tmp_pat
     )
     assert code == 0 and compiles == []
     assert "not compiled yet" in table_file.read_text()
+
+
+def test_fsdp_is_tried_where_the_arguments_fill_the_chip(compiles, tmp_path):
+    """Arguments of 7 GiB (XLM-R XL's teacher in bf16): on 2x2 neither sharding them (1.75 +
+    12.8 GiB) nor accumulating (7 + 6.4) leaves 20%; on 2x4 replicated ones do not either (7 +
+    6.4), sharded over the 8 chips they do (0.875 + 6.4). Never fsdp on one chip."""
+    compiles.arguments = 7 * GIB
+    results = fit_table.Results(str(tmp_path / "fits.jsonl"))
+    found = fit_table.search(EXPERIMENT, "v5e", results, 0.2, log=print)
+    fsdp = [(t, o["mesh.fsdp"]) for t, o in compiles if "mesh.fsdp" in o]
+    assert fsdp[0] == ("v5e:2x2", 4) and all(t != "v5e:1x1" for t, _ in fsdp)
+    assert found["row"]["topology"] == "v5e:2x4"
+    assert found["row"]["overrides"]["mesh.fsdp"] == 8
+    assert "fsdp 8, remat=layer, bf16 teacher |" in fit_table.markdown([found], 0.2)
