@@ -45,24 +45,12 @@ def get_config(arg=None):
     a = configs.parse_arg(arg, smoke=False, family="bert")
     c = configs.finetune_base_config()
     c.task = "mlqa"
-    tasks.add_qa_fields(c)  # doc_stride 128, max_question_len 64, n_best 20, answers <= 30
+    tasks.add_qa_fields(c)  # the SQuAD recipe: windows 384/128, batch 48, no warmup
     c.languages = mlqa.LANGUAGES  # test languages (selection: mlqa/en validation)
-    c.max_len = 384  # tokens per window
-    c.length_buckets = (128, 256)  # most windows are short: pad them less
-    c.batch_size = 48
-    c.eval_batch_size = 128
-    c.warmup_fraction = 0.0
-    c.weight_decay = 0.0
     c.sweep.learning_rates = (4e-5,)
     c.sweep.epochs = (2, 3, 4)
     c.sweep.seeds = (0, 1, 2)
     if a.smoke:
-        configs.apply_finetune_smoke(c, a.family)
-        c.max_len = 32
-        c.length_buckets = ()  # one padded length: one compile
-        c.doc_stride = 8
-        c.max_question_len = 12
-        c.max_answer_len = 8
+        tasks.shrink_qa_for_smoke(c, a.family)
         c.max_eval_examples = 16  # per evaluation set (8 of them)
-        c.sweep.learning_rates = (1e-3,)
     return c

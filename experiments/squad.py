@@ -56,25 +56,13 @@ def get_config(arg=None):
         raise ValueError(f"size={a.size!r}; allowed: {sorted(LEARNING_RATES)}")
     c = configs.finetune_base_config()
     c.task = VERSIONS[a.version]  # squad2 | squad1
-    tasks.add_qa_fields(c)  # doc_stride 128, max_question_len 64, n_best 20, answers <= 30
+    tasks.add_qa_fields(c)  # windows 384/128, question <= 64, n-best 20, batch 48, no warmup
     c.eval_file = ""  # SQuAD-format JSON dev file (e.g. dev-v2.0.json); "" = TFDS
     if c.task == "squad2":
         c.null_threshold = 0.0  # answer "" when null score - best span score exceeds this
-    c.max_len = 384  # tokens per window
-    c.length_buckets = (128, 256)  # most SQuAD windows are short: pad them less
-    c.batch_size = 48
-    c.eval_batch_size = 128
-    c.warmup_fraction = 0.0
-    c.weight_decay = 0.0
     c.sweep.learning_rates = LEARNING_RATES[a.size]
     c.sweep.epochs = (4,)
     c.sweep.seeds = (0, 1, 2)
     if a.smoke:
-        configs.apply_finetune_smoke(c, a.family)
-        c.max_len = 32
-        c.length_buckets = ()  # one padded length: one compile
-        c.doc_stride = 8
-        c.max_question_len = 12
-        c.max_answer_len = 8
-        c.sweep.learning_rates = (1e-3,)
+        tasks.shrink_qa_for_smoke(c, a.family)
     return c

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from minilm_jax import glue, mlqa, qa, xnli
+from minilm_jax import configs, glue, mlqa, qa, xnli
 from minilm_jax.data.packing import FAIRSEQ_FAMILIES
 from minilm_jax.models.heads import SequenceClassifier, SpanClassifier, resolve_head, span_loss
 
@@ -250,13 +250,35 @@ QA_FIELDS = ("doc_stride", "max_question_len", "n_best_size", "max_answer_len", 
 
 
 def add_qa_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Adds the fields every extractive-QA task reads, at the defaults of BERT's and
-    transformers' run_squad.py (which the MiniLM README's SQuAD recipe leaves as they are)."""
+    """Adds the fields every extractive-QA task reads and sets the MiniLM README's SQuAD
+    recipe (max length 384, batch 48 = 12 per GPU x 4) with the defaults of BERT's and
+    transformers' run_squad.py that it leaves as they are (no warmup, no weight decay). The
+    SQuAD and MLQA experiments share it; each sets its own learning rates and epochs."""
     c.doc_stride = 128  # context tokens between the starts of consecutive windows
     c.max_question_len = 64  # question tokens kept; longer questions are cut (and counted)
     c.n_best_size = 20  # best start and best end positions paired per window when decoding
     c.max_answer_len = 30  # longest answer, in tokens
     c.train_file = ""  # SQuAD-format JSON training file (e.g. train-v2.0.json); "" = TFDS
+    c.max_len = 384  # tokens per window
+    c.length_buckets = (128, 256)  # most windows are short: pad them less (our choice)
+    c.batch_size = 48
+    c.eval_batch_size = 128  # our choice: evaluation holds no gradients
+    c.warmup_fraction = 0.0
+    c.weight_decay = 0.0
+    return c
+
+
+def shrink_qa_for_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
+    """A QA experiment's ``smoke`` variant: ``configs.apply_finetune_smoke`` (the cached tiny
+    student, few short examples, one epoch) with windows small enough that the tiny
+    contexts still split into several, and one padded length, so one compile."""
+    configs.apply_finetune_smoke(c, family)
+    c.max_len = 32
+    c.length_buckets = ()
+    c.doc_stride = 8
+    c.max_question_len = 12
+    c.max_answer_len = 8
+    c.sweep.learning_rates = (1e-3,)
     return c
 
 
