@@ -139,3 +139,24 @@ def test_fsdp_is_tried_where_the_arguments_fill_the_chip(compiles, tmp_path):
     assert found["row"]["topology"] == "v5e:2x4"
     assert found["row"]["overrides"]["mesh.fsdp"] == 8
     assert "fsdp 8, remat=layer, bf16 teacher |" in fit_table.markdown([found], 0.2)
+
+
+def test_the_estimate_prefers_a_compile_of_the_same_generation(tmp_path):
+    """XLA:TPU compiles differently per chip generation, so a v4 compile with the same rows
+    per chip must not stand in for a v5e one at other rows per chip (with the v4 figure the
+    walk would predict a fit it has not seen on v5e)."""
+    results = fit_table.Results(str(tmp_path / "fits.jsonl"))
+    layer = {"remat": "layer"}
+    # v5e: one chip (1024 rows per chip), 0.05 GiB per row = 51.2 GiB of temporaries.
+    results.add(fake_compile(EXPERIMENT, "v5e:1x1", layer))
+    # v4, 4 chips (256 rows per chip), a generation whose program needs half the memory.
+    v4_row = fake_compile(EXPERIMENT, "v4:2x2x1", layer)
+    v4_row["per_device_bytes"]["temporaries"] /= 2
+    results.add(v4_row)
+    # v5e, 4 chips: scaled from v5e's own compile, 1 + 51.2 / 4 = 13.8 GiB (not v4's 7.4).
+    guess = fit_table.estimate(results, EXPERIMENT, "v5e:2x2", layer)
+    assert guess == pytest.approx(13.8 * GIB)
+    # With only another generation's compile, that one is used.
+    only_v4 = fit_table.Results(None)
+    only_v4.add(v4_row)
+    assert fit_table.estimate(only_v4, EXPERIMENT, "v5e:2x2", layer) == pytest.approx(7.4 * GIB)
