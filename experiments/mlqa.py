@@ -51,6 +51,6 @@ def get_config(arg=None):
     c.sweep.epochs = (2, 3, 4)
     c.sweep.seeds = (0, 1, 2)
     if a.smoke:
-        tasks.shrink_qa_for_smoke(c, a.family)
+        tasks.apply_qa_smoke(c, a.family)
         c.max_eval_examples = 16  # per evaluation set (8 of them)
     return c

@@ -64,5 +64,5 @@ def get_config(arg=None):
     c.sweep.epochs = (4,)
     c.sweep.seeds = (0, 1, 2)
     if a.smoke:
-        tasks.shrink_qa_for_smoke(c, a.family)
+        tasks.apply_qa_smoke(c, a.family)
     return c

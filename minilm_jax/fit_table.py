@@ -1,20 +1,22 @@
 r"""``python -m minilm_jax.fit_table``: the smallest TPU slice of each generation that every
 paper experiment fits, and the settings it needs (the README's fit table).
 
-    python -m minilm_jax.fit_table [--generations v5e,v4,v5p] [--experiments a.py,b.py]
-        [--results fit_table.jsonl] [--markdown fit_table.md] [--goal_free 0.2]
+    python -m minilm_jax.fit_table [--generations v5e,v5p,v4] [--experiments a.py,b.py]
+        [--results fit_table.jsonl] [--markdown fit_table.md] [--goal_free 0.2] [--no_compile]
 
 For each experiment (default: the paper's rows, ``PAPER_EXPERIMENTS``, at their own batch
 1024 x 512 in bf16) and chip generation it walks the slices from small to large and, on each,
 the lever settings ``LADDER`` from cheapest to dearest (``--config`` overrides: pure data
-parallelism; rematerialised attention; fsdp over every chip; whole-layer remat; the teacher in
-bf16; then gradient accumulation), compiling the trainer's step for the slice with
+parallelism; rematerialised attention; whole-layer remat with the teacher in bf16; the same
+with fsdp over every chip, only where the replicated arguments fill over
+``FSDP_ARGUMENTS_SHARE`` of HBM; then gradient accumulation), compiling the trainer's step for the slice with
 ``python -m minilm_jax.compile`` (one process per compile: a compiler crash is recorded, not
 fatal). The first setting that fits with at least ``--goal_free`` of the chip's HBM left
 ends the walk. Compiles whose outcome the results so far make certain are skipped: memory
 per chip is the arguments (parameters, optimizer state, teacher, batch) plus temporaries,
 and temporaries grow with the per-chip micro-batch, so a setting that needed more than the
-HBM with B rows per chip needs more with 2B.
+HBM with B rows per chip needs more with 2B. ``--no_compile`` compiles nothing and prints the
+table from the results so far, naming the compiles it lacks.
 
 Each compile takes minutes (most of it XLA:TPU's optimisation passes); results are kept in
 ``--results`` (one JSON line per compile) and reused by the next call, so an interrupted
@@ -168,7 +170,9 @@ def rows_per_chip(topology: str, overrides: Mapping[str, Any]) -> int:
 
 
 def _generation(topology: str) -> str:
-    return topology.split(":", 1)[0]
+    from minilm_jax import tpu
+
+    return tpu.parse_topology(topology).chip.name
 
 
 def _levers(overrides: Mapping[str, Any]) -> tuple:
@@ -241,10 +245,11 @@ def search(
     ``experiment`` with ``goal_free`` of HBM left, and the cheapest such setting there.
 
     Slices are walked from the smallest, settings from the cheapest; a compile is skipped when
-    the prediction from results so far (``estimate``: the same setting compiled anywhere, its
-    temporaries scaled by the rows per chip) is over the goal by more than 25%. With
-    ``compile=False`` nothing is compiled: a walk that needs a missing compile ends there and
-    the result names it (``missing``)."""
+    the prediction from results so far (``estimate``: the same setting compiled on another
+    slice, preferably of this generation, its temporaries scaled by the rows per chip) is over
+    the goal by more than 25%. With ``compile=False`` nothing is compiled: a walk that needs a
+    missing compile ends there and the result names it (``missing``, or ``no_accum_missing``
+    for the walk without gradient accumulation)."""
     slices = [t for t in SLICES[generation] if 1024 % chips(t) == 0]
     notes: list[str] = []
 
@@ -316,17 +321,18 @@ def search(
         }
     # The goal prefers no gradient accumulation: where the smallest slice needs it, also the
     # smallest slice that does without.
-    no_accum = row
+    no_accum, no_accum_missing = row, None
     if row is not None and "grad_accum_steps" in row["overrides"]:
         try:
             _, no_accum = walk(index, [lv for lv in LADDER if "grad_accum_steps" not in lv])
-        except _NotCompiled:
-            no_accum = None
+        except _NotCompiled as missing:
+            no_accum, no_accum_missing = None, str(missing)
     return {
         "experiment": experiment,
         "generation": generation,
         "row": row,
         "no_accum": no_accum,
+        "no_accum_missing": no_accum_missing,
         "notes": notes,
     }
 
@@ -359,7 +365,7 @@ def _settings(row: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def markdown(found: Sequence[Mapping[str, Any]], goal_free: float) -> str:
+def markdown(found: Sequence[Mapping[str, Any]]) -> str:
     header = (
         "| experiment | chip | smallest slice | mesh and levers | GiB per chip (args + temps) "
         "| HBM left | step at peak / 40% | 400k steps at 40% |\n|---|---|---|---|---|---|---|---|"
@@ -367,9 +373,6 @@ def markdown(found: Sequence[Mapping[str, Any]], goal_free: float) -> str:
     lines = [header]
     for item in found:
         name = os.path.splitext(os.path.basename(item["experiment"]))[0]
-        rows = [item["row"]]
-        if item.get("no_accum") is not None and item["no_accum"] is not item["row"]:
-            rows.append(item["no_accum"])
         if item.get("missing"):
             lines.append(
                 f"| {name} | {item['generation']} | not compiled yet (next: {item['missing']}) "
@@ -379,6 +382,9 @@ def markdown(found: Sequence[Mapping[str, Any]], goal_free: float) -> str:
         if item["row"] is None:
             lines.append(f"| {name} | {item['generation']} | none of the slices tried | | | | | |")
             continue
+        rows = [item["row"]]
+        if item.get("no_accum") is not None and item["no_accum"] is not item["row"]:
+            rows.append(item["no_accum"])
         for row in rows:
             sizes = row["per_device_bytes"]
             step = row["step_seconds"] or {}
@@ -390,12 +396,17 @@ def markdown(found: Sequence[Mapping[str, Any]], goal_free: float) -> str:
                 f"{row['hbm_free_fraction']:.0%} | {step.get('at_peak', 0):.2f} s / "
                 f"{step.get('at_40pct', 0):.2f} s | {hours:.0f} h |"
             )
+        if item.get("no_accum_missing"):
+            lines.append(
+                f"| {name} | {item['generation']} | without accumulation: not compiled yet "
+                f"(next: {item['no_accum_missing']}) | | | | | |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minilm_jax.fit_table", description=__doc__)
-    parser.add_argument("--generations", default="v5e,v4,v5p")
+    parser.add_argument("--generations", default="v5e,v5p,v4")
     parser.add_argument("--experiments", default=",".join(PAPER_EXPERIMENTS))
     parser.add_argument("--results", default="fit_table.jsonl")
     parser.add_argument("--markdown", default=None, help="also write the table here")
@@ -431,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     compile=not args.no_compile,
                 )
             )
-    table = markdown(found, args.goal_free)
+    table = markdown(found)
     print(table, flush=True)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:

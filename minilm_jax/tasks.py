@@ -268,7 +268,7 @@ def add_qa_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def shrink_qa_for_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
+def apply_qa_smoke(c: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
     """A QA experiment's ``smoke`` variant: ``configs.apply_finetune_smoke`` (the cached tiny
     student, few short examples, one epoch) with windows small enough that the tiny
     contexts still split into several, and one padded length, so one compile."""

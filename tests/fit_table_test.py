@@ -86,7 +86,7 @@ def test_walk_finds_the_smallest_slice_and_skips_only_certain_failures(compiles,
         EXPERIMENT, "v5e", fit_table.Results(str(tmp_path / "fits.jsonl")), 0.2, log=print
     )
     assert len(compiles) == 7 and again["row"] == found["row"]
-    table = fit_table.markdown([found], 0.2)
+    table = fit_table.markdown([found])
     assert (
         "| bert_base_6x384 | v5e | v5e:2x2 (4 chips) | data 4, remat=layer, bf16 teacher, grad accum 2 | 7.40 (1.00 + 6.40) | 53% |"
         in table
@@ -107,7 +107,7 @@ def test_without_compiling_the_table_names_the_missing_compile(compiles, tmp_pat
     assert compiles == []
     assert found["row"] is None
     assert found["missing"] == "v5e:2x2 {'remat': 'layer', 'teacher.param_dtype': 'bfloat16'}"
-    assert "not compiled yet (next: v5e:2x2" in fit_table.markdown([found], 0.2)
+    assert "not compiled yet (next: v5e:2x2" in fit_table.markdown([found])
     # The command line: the same table, exit 0, and nothing compiled.
     table_file = tmp_path / "table.md"
     code = fit_table.main(
@@ -138,7 +138,7 @@ def test_fsdp_is_tried_where_the_arguments_fill_the_chip(compiles, tmp_path):
     assert fsdp[0] == ("v5e:2x2", 4) and all(t != "v5e:1x1" for t, _ in fsdp)
     assert found["row"]["topology"] == "v5e:2x4"
     assert found["row"]["overrides"]["mesh.fsdp"] == 8
-    assert "fsdp 8, remat=layer, bf16 teacher |" in fit_table.markdown([found], 0.2)
+    assert "fsdp 8, remat=layer, bf16 teacher |" in fit_table.markdown([found])
 
 
 def test_the_estimate_prefers_a_compile_of_the_same_generation(tmp_path):
@@ -160,3 +160,22 @@ def test_the_estimate_prefers_a_compile_of_the_same_generation(tmp_path):
     only_v4 = fit_table.Results(None)
     only_v4.add(v4_row)
     assert fit_table.estimate(only_v4, EXPERIMENT, "v5e:2x2", layer) == pytest.approx(7.4 * GIB)
+
+
+def test_a_missing_compile_of_the_walk_without_accumulation_is_named(compiles, tmp_path):
+    """The smallest slice needs accumulation and its row is there, but the compile that would
+    give the smallest slice without it is not: the table shows the first and names the second
+    (never drops it silently)."""
+    path = str(tmp_path / "fits.jsonl")
+    fit_table.search(EXPERIMENT, "v5e", fit_table.Results(path), 0.2, log=lambda s: None)
+    results = fit_table.Results(path)
+    del results.rows[fit_table._key(EXPERIMENT, "v5e:2x4", {})]  # the no-accumulation row
+    found = fit_table.search(EXPERIMENT, "v5e", results, 0.2, log=print, compile=False)
+    assert found["row"]["overrides"]["grad_accum_steps"] == 2 and found["no_accum"] is None
+    assert found["no_accum_missing"] == "v5e:2x4 plain"
+    table = fit_table.markdown([found])
+    assert "| bert_base_6x384 | v5e | v5e:2x2 (4 chips) |" in table
+    assert (
+        "| bert_base_6x384 | v5e | without accumulation: not compiled yet (next: v5e:2x4 plain)"
+        in table
+    )
